@@ -1,0 +1,26 @@
+//! Seaport's wire contract and shared types.
+//!
+//! `pb` is the code generated from `proto/seaport/v1/seaport.proto`; the rest
+//! are the domain types every part speaks: [`Role`] (what a service is),
+//! [`Pattern`] and [`Range`] (what a query asks for, with node-semver
+//! meaning) and [`Service`] (one registration).
+
+mod convert;
+mod range;
+mod role;
+mod service;
+
+pub use convert::ConvertError;
+pub use range::{Range, RangeError};
+pub use role::{MAX_NAME_LEN, Pattern, Role, RoleError, validate_name};
+pub use service::Service;
+
+/// Code generated from the proto: messages, the `Registry` client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("seaport.v1");
+
+    /// The encoded descriptor set of the proto, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("seaport_descriptor");
+}

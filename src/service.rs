@@ -1,0 +1,52 @@
+//! One registration, as every part of Seaport sees it.
+
+use std::collections::BTreeMap;
+
+use semver::Version;
+
+/// One registration: where an instance of `name@version` listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Unique id of the registration.
+    pub id: String,
+    /// Service name.
+    pub name: String,
+    /// Exact version, when registered with one.
+    pub version: Option<Version>,
+    /// Host where the service listens.
+    pub host: String,
+    /// Port where the service listens.
+    pub port: u16,
+    /// Free-form metadata, kept sorted so output is stable.
+    pub metadata: BTreeMap<String, String>,
+    /// Namespace the registration lives in.
+    pub namespace: String,
+    /// Identity that registered it (empty without mTLS).
+    pub owner: String,
+    /// Session that holds it.
+    pub session_id: String,
+    /// Revision at which it was registered.
+    pub create_revision: u64,
+    /// Revision of its last change.
+    pub mod_revision: u64,
+}
+
+impl Service {
+    /// The service's role as `name@version`, or `name` when unversioned.
+    pub fn role(&self) -> String {
+        match &self.version {
+            Some(v) => format!("{}@{}", self.name, v),
+            None => self.name.clone(),
+        }
+    }
+
+    /// `host:port`, with IPv6 hosts in brackets so the result parses as an
+    /// address.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
