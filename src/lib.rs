@@ -6,11 +6,13 @@
 //! meaning) and [`Service`] (one registration).
 
 mod convert;
+mod duration;
 mod range;
 mod role;
 mod service;
 
 pub use convert::ConvertError;
+pub use duration::parse_duration;
 pub use range::{Range, RangeError};
 pub use role::{MAX_NAME_LEN, Pattern, Role, RoleError, validate_name};
 pub use service::Service;

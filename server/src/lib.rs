@@ -1,1 +1,129 @@
+//! seaportd, the Seaport registry server, as a library: [`run`] serves the
+//! registry on a bound listener until a shutdown signal, for the binary and
+//! the tests alike.
 
+pub mod config;
+pub mod grpc;
+pub mod registry;
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+pub use config::Config;
+use grpc::{RegistryServer, RegistryService};
+use registry::{NewService, Registry};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be set up from the descriptor sets.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The server could not register itself.
+    #[error("self-registration: {0}")]
+    SelfRegistration(#[from] registry::RegistryError),
+}
+
+/// The gRPC service name of the registry, as health checks name it.
+pub const REGISTRY_SERVICE: &str = "seaport.v1.Registry";
+
+/// Serves the registry on `listener` until `shutdown` completes, then
+/// reports NOT_SERVING, keeps answering for `config.drain_delay` so probes
+/// and balancers notice, stops accepting and ends streams, and waits up to
+/// `config.shutdown_grace` for calls in flight.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let local = listener.local_addr()?;
+    let (registry, _reaper) = Registry::new(config.limits.clone());
+    register_self(&registry, &config, local)?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(REGISTRY_SERVICE, ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(seaport::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = Server::builder()
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(RegistryServer::new(RegistryService::new(
+            registry.clone(),
+            stop_rx,
+        )))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = drain_rx.await;
+        });
+    tokio::pin!(server);
+    tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), "seaportd serving");
+
+    tokio::select! {
+        result = &mut server => return Ok(result?),
+        _ = shutdown => {}
+    }
+    tracing::info!(drain_delay = ?config.drain_delay, "shutting down: reporting NOT_SERVING");
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing)
+        .await;
+    tokio::select! {
+        result = &mut server => return Ok(result?),
+        _ = tokio::time::sleep(config.drain_delay) => {}
+    }
+    let _ = stop_tx.send(true);
+    let _ = drain_tx.send(());
+    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+        Ok(result) => result?,
+        Err(_) => {
+            tracing::warn!(grace = ?config.shutdown_grace, "calls still open after the grace period; closing them")
+        }
+    }
+    tracing::info!("seaportd stopped");
+    Ok(())
+}
+
+/// Registers the server as `seaport@<version>` so clients can discover
+/// registry servers, as the original seaport does.
+fn register_self(
+    registry: &Registry,
+    config: &Config,
+    local: std::net::SocketAddr,
+) -> Result<(), ServerError> {
+    let host = match &config.advertise_host {
+        Some(h) => h.clone(),
+        None if local.ip().is_unspecified() => "127.0.0.1".to_string(),
+        None => local.ip().to_string(),
+    };
+    let session_id = registry.open_pinned_session(host);
+    registry.register(NewService {
+        session_id,
+        role: format!("seaport@{}", env!("CARGO_PKG_VERSION")),
+        port: u32::from(local.port()),
+        metadata: [("grpc".to_string(), REGISTRY_SERVICE.to_string())].into(),
+        ..Default::default()
+    })?;
+    Ok(())
+}

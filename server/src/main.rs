@@ -1,1 +1,194 @@
-fn main() {}
+//! seaportd: flags to a `Config`, bind, `seaport_server::run` until SIGINT
+//! or SIGTERM.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, error::ErrorKind};
+use seaport::parse_duration;
+use seaport_server::{Config, registry::Limits};
+
+/// Seaport registry server: service registry and port assigner over gRPC.
+#[derive(Parser, Debug)]
+#[command(name = "seaportd", version)]
+struct Args {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "SEAPORT_LISTEN", default_value = "127.0.0.1:9090")]
+    listen: SocketAddr,
+    /// Host the server registers itself under as seaport@VERSION (default: the listen address).
+    #[arg(long, env = "SEAPORT_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+    /// Ports assigned to registrations that ask for none, as FIRST-LAST.
+    #[arg(long, env = "SEAPORT_PORT_RANGE", default_value = "10000-65535", value_parser = parse_port_range)]
+    port_range: RangeInclusive<u16>,
+    /// How long a freed port is not assigned again.
+    #[arg(long, env = "SEAPORT_PORT_QUARANTINE", default_value = "5s", value_parser = parse_duration)]
+    port_quarantine: Duration,
+    /// Shortest session ttl granted.
+    #[arg(long, env = "SEAPORT_MIN_TTL", default_value = "1s", value_parser = parse_duration)]
+    min_ttl: Duration,
+    /// Longest session ttl granted.
+    #[arg(long, env = "SEAPORT_MAX_TTL", default_value = "1h", value_parser = parse_duration)]
+    max_ttl: Duration,
+    /// Session ttl granted when the client asks for none.
+    #[arg(long, env = "SEAPORT_DEFAULT_TTL", default_value = "10s", value_parser = parse_duration)]
+    default_ttl: Duration,
+    /// Registrations one session may hold.
+    #[arg(
+        long,
+        env = "SEAPORT_MAX_REGISTRATIONS_PER_SESSION",
+        default_value_t = 1024
+    )]
+    max_registrations_per_session: usize,
+    /// Metadata entries per registration.
+    #[arg(long, env = "SEAPORT_MAX_METADATA_ENTRIES", default_value_t = 64)]
+    max_metadata_entries: usize,
+    /// Bytes in one metadata value.
+    #[arg(long, env = "SEAPORT_MAX_METADATA_VALUE", default_value_t = 4096)]
+    max_metadata_value: usize,
+    /// Bytes of all metadata keys and values of one registration.
+    #[arg(long, env = "SEAPORT_MAX_METADATA_TOTAL", default_value_t = 16384)]
+    max_metadata_total: usize,
+    /// Changes kept for watches that resume from a revision.
+    #[arg(long, env = "SEAPORT_HISTORY", default_value_t = 10_000)]
+    history: usize,
+    /// Changes a watcher may fall behind before it is told to resynchronise.
+    #[arg(long, env = "SEAPORT_WATCH_BUFFER", default_value_t = 4096)]
+    watch_buffer: usize,
+    /// How long to keep serving after reporting NOT_SERVING on SIGTERM.
+    #[arg(long, env = "SEAPORT_DRAIN_DELAY", default_value = "1s", value_parser = parse_duration)]
+    drain_delay: Duration,
+    /// Longest wait for calls in flight once the server stops accepting.
+    #[arg(long, env = "SEAPORT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+    /// HTTP/2 streams one connection may hold (each watch is one).
+    #[arg(long, env = "SEAPORT_MAX_CONCURRENT_STREAMS", default_value_t = 16_384)]
+    max_concurrent_streams: u32,
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "SEAPORT_LOG", default_value = "info")]
+    log: String,
+}
+
+fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let hint = || {
+        format!(
+            "{text:?} is not a port range; write FIRST-LAST with 1 <= FIRST <= LAST <= 65535, such as 10000-65535"
+        )
+    };
+    let (a, b) = text.split_once('-').ok_or_else(hint)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| hint())?,
+        b.trim().parse().map_err(|_| hint())?,
+    );
+    if a == 0 || a > b {
+        return Err(hint());
+    }
+    Ok(a..=b)
+}
+
+impl Args {
+    /// The configuration, or a usage error naming the flag to fix.
+    fn config(self) -> Result<Config, clap::Error> {
+        let usage = |msg: String| Args::command().error(ErrorKind::ValueValidation, msg);
+        if self.min_ttl.is_zero() {
+            return Err(usage("--min-ttl must be above zero".into()));
+        }
+        if self.min_ttl > self.max_ttl {
+            return Err(usage(format!(
+                "--min-ttl ({:?}) is above --max-ttl ({:?})",
+                self.min_ttl, self.max_ttl
+            )));
+        }
+        if !(self.min_ttl..=self.max_ttl).contains(&self.default_ttl) {
+            return Err(usage(format!(
+                "--default-ttl ({:?}) must lie between --min-ttl ({:?}) and --max-ttl ({:?})",
+                self.default_ttl, self.min_ttl, self.max_ttl
+            )));
+        }
+        for (flag, value) in [
+            (
+                "--max-registrations-per-session",
+                self.max_registrations_per_session,
+            ),
+            ("--watch-buffer", self.watch_buffer),
+            (
+                "--max-concurrent-streams",
+                self.max_concurrent_streams as usize,
+            ),
+        ] {
+            if value == 0 {
+                return Err(usage(format!("{flag} must be at least 1")));
+            }
+        }
+        if self.max_metadata_value > self.max_metadata_total {
+            return Err(usage(
+                "--max-metadata-value is above --max-metadata-total".into(),
+            ));
+        }
+        Ok(Config {
+            limits: Limits {
+                port_range: self.port_range,
+                port_quarantine: self.port_quarantine,
+                min_ttl: self.min_ttl,
+                max_ttl: self.max_ttl,
+                default_ttl: self.default_ttl,
+                max_registrations_per_session: self.max_registrations_per_session,
+                max_metadata_entries: self.max_metadata_entries,
+                max_metadata_value: self.max_metadata_value,
+                max_metadata_total: self.max_metadata_total,
+                history: self.history,
+                watch_buffer: self.watch_buffer,
+                ..Limits::default()
+            },
+            advertise_host: self.advertise_host,
+            drain_delay: self.drain_delay,
+            shutdown_grace: self.shutdown_grace,
+            max_concurrent_streams: self.max_concurrent_streams,
+        })
+    }
+}
+
+/// Completes on the first SIGINT or SIGTERM (Kubernetes sends SIGTERM).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|e| {
+        Args::command()
+            .error(ErrorKind::ValueValidation, format!("--log: {e}"))
+            .exit()
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let listen = args.listen;
+    let config = args.config().unwrap_or_else(|e| e.exit());
+    if !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "serving plaintext on a non-loopback address: anyone who can reach it may register and free services");
+    }
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("seaportd: cannot listen on {listen} (--listen): {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match seaport_server::run(listener, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("seaportd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

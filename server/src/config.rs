@@ -1,0 +1,33 @@
+//! Server configuration, as `run` takes it. The binary builds it from flags.
+
+use std::time::Duration;
+
+use crate::registry::Limits;
+
+/// Everything `run` needs besides the listener.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Limits and tunables of the registry core.
+    pub limits: Limits,
+    /// Host the server registers itself under; default: the listen address
+    /// (127.0.0.1 when it listens on every address).
+    pub advertise_host: Option<String>,
+    /// How long to keep serving after reporting NOT_SERVING at shutdown.
+    pub drain_delay: Duration,
+    /// Longest wait for calls in flight once the server stops accepting.
+    pub shutdown_grace: Duration,
+    /// HTTP/2 streams one connection may hold (watches are streams).
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: Limits::default(),
+            advertise_host: None,
+            drain_delay: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            max_concurrent_streams: 16_384,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The Heartbeat stream: opens or resumes a session, answers pings, and
+//! closes the session on request. A stream that drops leaves the session
+//! to its ttl, so a network blip frees nothing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use seaport::pb::{self, heartbeat_request::Kind as In, heartbeat_response::Kind as Out};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::status::{invalid, reject};
+use crate::registry::{Registry, SessionInfo};
+
+/// How long a new stream may wait before sending `open` or `resume`.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The stream of server messages on one Heartbeat call.
+pub(crate) type HeartbeatStream = ReceiverStream<Result<pb::HeartbeatResponse, Status>>;
+
+/// The address a client connected from, as registrations should show it:
+/// IPv4-mapped IPv6 becomes plain IPv4.
+pub(crate) fn observed_host(addr: Option<SocketAddr>) -> String {
+    match addr.map(|a| a.ip()) {
+        Some(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        },
+        Some(ip) => ip.to_string(),
+        None => String::new(),
+    }
+}
+
+fn reply(kind: Out) -> Result<pb::HeartbeatResponse, Status> {
+    Ok(pb::HeartbeatResponse { kind: Some(kind) })
+}
+
+/// Handles the first message, then serves the session in a task.
+pub(crate) async fn serve(
+    registry: Registry,
+    observed: String,
+    owner: String,
+    mut inbound: Streaming<pb::HeartbeatRequest>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<HeartbeatStream, Status> {
+    const RPC: &str = "Heartbeat";
+    let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| {
+            invalid(
+                RPC,
+                "no open or resume message within 10s of starting the stream",
+            )
+        })??;
+    let info: SessionInfo = match first.and_then(|m| m.kind) {
+        Some(In::Open(open)) => {
+            let ttl = (open.ttl_ms > 0).then(|| Duration::from_millis(open.ttl_ms));
+            let info = registry.open_session(ttl, observed, owner);
+            tracing::info!(session = %info.id, client = %open.client_name, host = %info.observed_host,
+                ttl_ms = info.ttl.as_millis() as u64, "session opened");
+            info
+        }
+        Some(In::Resume(resume)) => {
+            let info = registry
+                .resume_session(&resume.session_id)
+                .map_err(|e| reject(RPC, e))?;
+            tracing::info!(session = %info.id, "session resumed");
+            info
+        }
+        _ => return Err(invalid(RPC, "the first message must be `open` or `resume`")),
+    };
+
+    let (tx, rx) = mpsc::channel(8);
+    let opened = Out::Opened(pb::SessionOpened {
+        session_id: info.id.clone(),
+        ttl_ms: info.ttl.as_millis() as u64,
+        observed_host: info.observed_host.clone(),
+        resumed: info.resumed,
+        server_version: env!("CARGO_PKG_VERSION").to_string(),
+    });
+    tx.send(reply(opened))
+        .await
+        .map_err(|_| Status::cancelled("client went away"))?;
+
+    let id = info.id;
+    tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                m = inbound.message() => m,
+                _ = stop.changed() => break,
+            };
+            let kind = match message {
+                Ok(Some(m)) => m.kind,
+                Ok(None) | Err(_) => {
+                    tracing::info!(session = %id, "heartbeat stream ended; session kept for its ttl");
+                    break;
+                }
+            };
+            let answer = match kind {
+                Some(In::Ping(ping)) => match registry.touch(&id) {
+                    Ok(()) => reply(Out::Pong(pb::Pong { seq: ping.seq })),
+                    Err(e) => Err(reject(RPC, e)),
+                },
+                Some(In::Close(_)) => match registry.close_session(&id) {
+                    Ok(freed) => {
+                        tracing::info!(session = %id, freed, "session closed");
+                        reply(Out::Closed(pb::SessionClosed {
+                            freed: freed as u32,
+                        }))
+                    }
+                    Err(e) => Err(reject(RPC, e)),
+                },
+                Some(In::Open(_) | In::Resume(_)) => Err(invalid(
+                    RPC,
+                    "this stream already holds a session; send `ping` or `close`",
+                )),
+                None => Err(invalid(
+                    RPC,
+                    "empty heartbeat message; send `ping` or `close`",
+                )),
+            };
+            let last = !matches!(
+                answer,
+                Ok(pb::HeartbeatResponse {
+                    kind: Some(Out::Pong(_))
+                })
+            );
+            if tx.send(answer).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}

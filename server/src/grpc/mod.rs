@@ -1,0 +1,274 @@
+//! The gRPC adapter: turns each RPC into a call on the registry core and
+//! its answer into `pb` messages. No registry logic lives here.
+
+mod heartbeat;
+mod status;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use seaport::pb::{self, registry_server::Registry as RegistryApi};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::registry::{
+    MetadataChange, NewService, Registry, RegistryError, Selector, WatchEvent, WatchKind,
+    namespace_or_default,
+};
+use status::reject;
+
+pub use seaport::pb::registry_server::RegistryServer;
+
+/// Events a watcher may have queued before its task waits for the client.
+const WATCH_QUEUE: usize = 64;
+
+/// The `seaport.v1.Registry` service.
+pub struct RegistryService {
+    registry: Registry,
+    /// Flips to true when the server shuts down, to end long streams.
+    stop: watch::Receiver<bool>,
+}
+
+impl RegistryService {
+    /// The service over a registry; `stop` ends streams at shutdown.
+    pub fn new(registry: Registry, stop: watch::Receiver<bool>) -> Self {
+        RegistryService { registry, stop }
+    }
+}
+
+fn selector(
+    rpc: &'static str,
+    pattern: &str,
+    namespace: &str,
+    metadata: impl IntoIterator<Item = (String, String)>,
+) -> Result<Selector, Status> {
+    let pattern = pattern
+        .parse()
+        .map_err(|e| reject(rpc, RegistryError::Role(e)))?;
+    let namespace = namespace_or_default(namespace).map_err(|e| reject(rpc, e))?;
+    Ok(Selector {
+        namespace,
+        pattern,
+        metadata: metadata.into_iter().collect(),
+    })
+}
+
+fn services(list: Vec<std::sync::Arc<seaport::Service>>) -> Vec<pb::Service> {
+    list.iter().map(|s| pb::Service::from(&**s)).collect()
+}
+
+fn watch_event(event: WatchEvent) -> pb::WatchEvent {
+    use pb::watch_event::Kind;
+    let kind = match event.kind {
+        WatchKind::Existing => Kind::Existing,
+        WatchKind::Synced => Kind::Synced,
+        WatchKind::Registered => Kind::Registered,
+        WatchKind::Updated => Kind::Updated,
+        WatchKind::Freed => Kind::Freed,
+        WatchKind::Reset => Kind::Reset,
+    };
+    pb::WatchEvent {
+        kind: kind as i32,
+        service: event.service.map(|s| pb::Service::from(&*s)),
+        revision: event.revision,
+    }
+}
+
+/// How long a Get may wait: the shorter of its `timeout_ms` and the call's
+/// own deadline. The deadline is cut a little short so that the answer is
+/// our DEADLINE_EXCEEDED rather than tonic's generic timeout.
+fn get_deadline<T>(request: &Request<T>, timeout_ms: u64) -> Option<Duration> {
+    let from_header = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map(|d| d.saturating_sub(Duration::from_millis(2)));
+    let from_field = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
+    match (from_header, from_field) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit.
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if !value.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl RegistryApi for RegistryService {
+    type HeartbeatStream = heartbeat::HeartbeatStream;
+    type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
+
+    async fn heartbeat(
+        &self,
+        request: Request<Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        let observed = heartbeat::observed_host(request.remote_addr());
+        let stream = heartbeat::serve(
+            self.registry.clone(),
+            observed,
+            String::new(),
+            request.into_inner(),
+            self.stop.clone(),
+        )
+        .await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        let new = NewService {
+            session_id: r.session_id,
+            role: r.role,
+            namespace: r.namespace,
+            host: r.host,
+            port: r.port,
+            id: r.id,
+            metadata: r.metadata.into_iter().collect(),
+        };
+        let service = self
+            .registry
+            .register(new)
+            .map_err(|e| reject("Register", e))?;
+        Ok(Response::new(pb::RegisterResponse {
+            service: Some(pb::Service::from(&*service)),
+        }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::UpdateResponse>, Status> {
+        let r = request.into_inner();
+        let change = MetadataChange {
+            set: r.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+            merge: r.merge,
+            remove: r.remove_keys,
+        };
+        let service = self
+            .registry
+            .update(&r.session_id, &r.id, change)
+            .map_err(|e| reject("Update", e))?;
+        Ok(Response::new(pb::UpdateResponse {
+            service: Some(pb::Service::from(&*service)),
+        }))
+    }
+
+    async fn free(
+        &self,
+        request: Request<pb::FreeRequest>,
+    ) -> Result<Response<pb::FreeResponse>, Status> {
+        let r = request.into_inner();
+        let service = self
+            .registry
+            .free(&r.session_id, &r.id)
+            .map_err(|e| reject("Free", e))?;
+        Ok(Response::new(pb::FreeResponse {
+            service: Some(pb::Service::from(&*service)),
+        }))
+    }
+
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        let r = request.into_inner();
+        let selector = selector("Query", &r.pattern, &r.namespace, r.metadata)?;
+        let (found, revision) = self.registry.query(&selector);
+        Ok(Response::new(pb::QueryResponse {
+            services: services(found),
+            revision,
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let deadline = get_deadline(&request, request.get_ref().timeout_ms);
+        let r = request.into_inner();
+        let selector = selector("Get", &r.pattern, &r.namespace, r.metadata)?;
+        let wait = self.registry.get(&selector);
+        let (found, revision) = match deadline {
+            Some(d) => tokio::time::timeout(d, wait).await.map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no service matched {:?} within {}ms",
+                    r.pattern,
+                    d.as_millis()
+                ))
+            })?,
+            None => wait.await,
+        };
+        Ok(Response::new(pb::GetResponse {
+            services: services(found),
+            revision,
+        }))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = request.into_inner();
+        let selector = selector("Watch", &r.pattern, &r.namespace, r.metadata)?;
+        let mut watch = self.registry.watch(selector, r.since_revision);
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    e = watch.next() => e,
+                    _ = tx.closed() => break,
+                    _ = stop.changed() => break,
+                };
+                if tx.send(Ok(watch_event(event))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_values_parse() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("123456789m"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(
+            parse_grpc_timeout("5é"),
+            None,
+            "no panic on a multi-byte unit"
+        );
+    }
+}

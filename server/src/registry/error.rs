@@ -1,0 +1,71 @@
+//! What can go wrong in the registry core, each with a message that says
+//! what to fix. `grpc::status` maps these to gRPC codes in one place.
+
+use seaport::RoleError;
+
+/// A refused registry operation. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A malformed role, pattern, name or range.
+    #[error(transparent)]
+    Role(#[from] RoleError),
+    /// Any other malformed argument; the message says which and how to fix it.
+    #[error("{0}")]
+    Invalid(String),
+    /// The session is not open here.
+    #[error(
+        "session {0:?} is not open (it was closed, expired, or the server restarted); open a new session"
+    )]
+    UnknownSession(String),
+    /// No registration has this id.
+    #[error("no service with id {0:?} is registered")]
+    UnknownService(String),
+    /// Another live registration holds the port on that host.
+    #[error(
+        "port {port} on {host} is held by {holder_role} (id {holder_id}); free it or pick another port"
+    )]
+    PortTaken {
+        /// The host.
+        host: String,
+        /// The port asked for.
+        port: u16,
+        /// Role of the registration holding it.
+        holder_role: String,
+        /// Id of the registration holding it.
+        holder_id: String,
+    },
+    /// Another session holds a registration with this id.
+    #[error("id {0:?} is held by another session; pick another id or leave it empty")]
+    IdTaken(String),
+    /// This session holds the id already, for something else.
+    #[error(
+        "this session already registered id {id:?} as {existing}; free it first or use another id"
+    )]
+    IdConflict {
+        /// The id.
+        id: String,
+        /// What it is registered as (`role at host:port`).
+        existing: String,
+    },
+    /// The caller does not own the registration.
+    #[error("service {0:?} belongs to another session; only its owner may change or free it")]
+    NotOwner(String),
+    /// No port of the range is free on the host.
+    #[error("no free port left on {host} in {first}-{last}; free some or widen --port-range")]
+    PortsExhausted {
+        /// The host.
+        host: String,
+        /// First port of the range.
+        first: u16,
+        /// Last port of the range.
+        last: u16,
+    },
+    /// The session holds as many registrations as allowed.
+    #[error(
+        "session holds {0} registrations, the limit; free some or raise --max-registrations-per-session"
+    )]
+    TooManyRegistrations(usize),
+}
+
+/// Shorthand for results of the registry core.
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;

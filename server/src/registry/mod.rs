@@ -1,0 +1,623 @@
+//! The registry core: plain Rust, no tonic. It holds the services, the
+//! sessions that own them and the ports they use, and publishes every
+//! change on a feed that wakes `get` waiters and watches.
+
+mod error;
+mod index;
+mod limits;
+mod ports;
+mod sessions;
+mod watch;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use seaport::{Role, Service, validate_name};
+use tokio::sync::{Notify, broadcast};
+use tokio::time::Instant;
+
+pub use error::{RegistryError, Result};
+pub use limits::Limits;
+pub use watch::{Change, ChangeKind, Selector, Watch, WatchEvent, WatchKind};
+
+use index::Index;
+use ports::Ports;
+use sessions::{Session, Sessions};
+
+/// A cheap, cloneable handle on the registry.
+#[derive(Clone)]
+pub struct Registry {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// A std mutex: it is never held across an await, only for the few
+    /// map operations of one call, so it is cheaper than an async one.
+    state: Mutex<State>,
+    limits: Limits,
+    /// Every change, for watches and `get` waiters. Sent while the state
+    /// lock is held, so subscribing under the lock misses nothing.
+    feed: broadcast::Sender<Arc<Change>>,
+    reaper_wake: Notify,
+    stopping: AtomicBool,
+}
+
+struct State {
+    revision: u64,
+    index: Index,
+    by_id: BTreeMap<String, Arc<Service>>,
+    ports: Ports,
+    sessions: Sessions,
+    /// The last `limits.history` changes, for watches resuming by revision.
+    history: VecDeque<Arc<Change>>,
+}
+
+/// What a session open or resume granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: String,
+    /// Granted ttl.
+    pub ttl: Duration,
+    /// Address the client was seen at.
+    pub observed_host: String,
+    /// True for a resumed session.
+    pub resumed: bool,
+}
+
+/// The arguments of a registration, as received.
+#[derive(Clone, Debug, Default)]
+pub struct NewService {
+    /// Session that will hold it.
+    pub session_id: String,
+    /// `name` or `name@version`.
+    pub role: String,
+    /// Namespace; empty means "default".
+    pub namespace: String,
+    /// Host; empty means the session's observed address.
+    pub host: String,
+    /// Port; 0 means assign one.
+    pub port: u32,
+    /// Id; empty means generate one.
+    pub id: String,
+    /// Metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A metadata change.
+#[derive(Clone, Debug, Default)]
+pub struct MetadataChange {
+    /// Pairs to set.
+    pub set: BTreeMap<String, String>,
+    /// Merge into the existing metadata instead of replacing it.
+    pub merge: bool,
+    /// Keys to remove when merging.
+    pub remove: Vec<String>,
+}
+
+/// Stops the session reaper when dropped.
+pub struct ReaperGuard(Registry);
+
+impl Drop for ReaperGuard {
+    fn drop(&mut self) {
+        self.0.shared.stopping.store(true, Ordering::Release);
+        self.0.shared.reaper_wake.notify_one();
+    }
+}
+
+/// The namespace used when none is given.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+fn random_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+impl Registry {
+    /// A new, empty registry and its session reaper, which runs until the
+    /// guard is dropped. Must be called inside a tokio runtime.
+    pub fn new(limits: Limits) -> (Registry, ReaperGuard) {
+        let (feed, _) = broadcast::channel(limits.watch_buffer.max(1));
+        let state = State {
+            revision: 0,
+            index: Index::default(),
+            by_id: BTreeMap::new(),
+            ports: Ports::new(limits.port_range.clone(), limits.port_quarantine),
+            sessions: Sessions::default(),
+            history: VecDeque::new(),
+        };
+        let registry = Registry {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                limits,
+                feed,
+                reaper_wake: Notify::new(),
+                stopping: AtomicBool::new(false),
+            }),
+        };
+        tokio::spawn(reap(registry.clone()));
+        (registry.clone(), ReaperGuard(registry))
+    }
+
+    /// The limits this registry enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; the state it
+        // guards is still consistent map by map, so keep serving.
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a session with the requested ttl (`None`: the default),
+    /// clamped to the server's bounds.
+    pub fn open_session(
+        &self,
+        ttl: Option<Duration>,
+        observed_host: String,
+        owner: String,
+    ) -> SessionInfo {
+        let ttl = self.shared.limits.clamp_ttl(ttl);
+        let id = random_id();
+        let mut state = self.lock();
+        state.sessions.insert(
+            id.clone(),
+            Session {
+                ttl,
+                deadline: Some(Instant::now() + ttl),
+                observed_host: observed_host.clone(),
+                owner,
+                services: Default::default(),
+            },
+        );
+        drop(state);
+        self.shared.reaper_wake.notify_one();
+        SessionInfo {
+            id,
+            ttl,
+            observed_host,
+            resumed: false,
+        }
+    }
+
+    /// Opens the server's own session, which never expires.
+    pub fn open_pinned_session(&self, observed_host: String) -> String {
+        let id = random_id();
+        let session = Session {
+            ttl: Duration::ZERO,
+            deadline: None,
+            observed_host,
+            owner: String::new(),
+            services: Default::default(),
+        };
+        self.lock().sessions.insert(id.clone(), session);
+        id
+    }
+
+    /// Resumes a session that is still open, and refreshes it.
+    pub fn resume_session(&self, id: &str) -> Result<SessionInfo> {
+        let mut state = self.lock();
+        let session = state
+            .sessions
+            .touch(id, Instant::now())
+            .ok_or_else(|| RegistryError::UnknownSession(id.to_string()))?;
+        Ok(SessionInfo {
+            id: id.to_string(),
+            ttl: session.ttl,
+            observed_host: session.observed_host.clone(),
+            resumed: true,
+        })
+    }
+
+    /// Keeps a session alive for another ttl.
+    pub fn touch(&self, id: &str) -> Result<()> {
+        let mut state = self.lock();
+        match state.sessions.touch(id, Instant::now()) {
+            Some(_) => Ok(()),
+            None => Err(RegistryError::UnknownSession(id.to_string())),
+        }
+    }
+
+    /// Ends a session and frees its registrations; returns how many.
+    pub fn close_session(&self, id: &str) -> Result<usize> {
+        let mut state = self.lock();
+        let session = state
+            .sessions
+            .open
+            .remove(id)
+            .ok_or_else(|| RegistryError::UnknownSession(id.to_string()))?;
+        let freed = session.services.len();
+        for service_id in session.services {
+            self.remove_locked(&mut state, &service_id);
+        }
+        Ok(freed)
+    }
+
+    /// Adds a service; see the proto's `Register` for the rules.
+    pub fn register(&self, new: NewService) -> Result<Arc<Service>> {
+        let limits = &self.shared.limits;
+        let role: Role = new.role.parse()?;
+        let namespace = namespace_or_default(&new.namespace)?;
+        limits.check_metadata(&new.metadata)?;
+        let port = u16::try_from(new.port).map_err(|_| {
+            RegistryError::Invalid(format!(
+                "port {} is out of range; use 1-65535, or 0 to have one assigned",
+                new.port
+            ))
+        })?;
+        if !new.host.is_empty() {
+            check_host(&new.host)?;
+        }
+        if !new.id.is_empty() {
+            check_id(&new.id)?;
+        }
+
+        let now = Instant::now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let session = state
+            .sessions
+            .open
+            .get(&new.session_id)
+            .ok_or_else(|| RegistryError::UnknownSession(new.session_id.clone()))?;
+        let host = if new.host.is_empty() {
+            session.observed_host.clone()
+        } else {
+            new.host
+        };
+        if host.is_empty() {
+            return Err(RegistryError::Invalid(
+                "the server could not see this client's address; give a host".into(),
+            ));
+        }
+
+        if let Some(existing) = state.by_id.get(&new.id) {
+            if existing.session_id != new.session_id {
+                return Err(RegistryError::IdTaken(new.id));
+            }
+            let same = existing.name == role.name
+                && existing.version == role.version
+                && existing.host == host
+                && existing.namespace == namespace
+                && (port == 0 || existing.port == port);
+            if same {
+                return Ok(existing.clone());
+            }
+            return Err(RegistryError::IdConflict {
+                id: new.id,
+                existing: format!("{} at {}", existing.role(), existing.address()),
+            });
+        }
+        if session.services.len() >= limits.max_registrations_per_session {
+            return Err(RegistryError::TooManyRegistrations(
+                limits.max_registrations_per_session,
+            ));
+        }
+        let owner = session.owner.clone();
+
+        let port = if port == 0 {
+            state.ports.assign(&host, now).ok_or_else(|| {
+                let (first, last) = state.ports.range();
+                RegistryError::PortsExhausted {
+                    host: host.clone(),
+                    first,
+                    last,
+                }
+            })?
+        } else {
+            if let Some(holder) = state.ports.holder(&host, port) {
+                let holder = &state.by_id[holder];
+                return Err(RegistryError::PortTaken {
+                    host,
+                    port,
+                    holder_role: holder.role(),
+                    holder_id: holder.id.clone(),
+                });
+            }
+            port
+        };
+        let id = if new.id.is_empty() {
+            std::iter::repeat_with(random_id)
+                .find(|id| !state.by_id.contains_key(id))
+                .expect("ids are endless")
+        } else {
+            new.id
+        };
+
+        let revision = state.revision + 1;
+        let service = Arc::new(Service {
+            id: id.clone(),
+            name: role.name,
+            version: role.version,
+            host,
+            port,
+            metadata: new.metadata,
+            namespace,
+            owner,
+            session_id: new.session_id.clone(),
+            create_revision: revision,
+            mod_revision: revision,
+        });
+        state.ports.hold(&service.host, port, &id);
+        state.index.insert(service.clone());
+        state.by_id.insert(id.clone(), service.clone());
+        if let Some(session) = state.sessions.open.get_mut(&new.session_id) {
+            session.services.insert(id);
+        }
+        self.publish(state, ChangeKind::Registered, service.clone(), None);
+        Ok(service)
+    }
+
+    /// Changes a registration's metadata; only its session may.
+    pub fn update(
+        &self,
+        session_id: &str,
+        id: &str,
+        change: MetadataChange,
+    ) -> Result<Arc<Service>> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let previous = owned(state, session_id, id)?.clone();
+        let mut metadata = if change.merge {
+            previous.metadata.clone()
+        } else {
+            BTreeMap::new()
+        };
+        if change.merge {
+            for key in &change.remove {
+                metadata.remove(key);
+            }
+        }
+        metadata.extend(change.set);
+        self.shared.limits.check_metadata(&metadata)?;
+        let service = Arc::new(Service {
+            metadata,
+            mod_revision: state.revision + 1,
+            ..(*previous).clone()
+        });
+        state.index.insert(service.clone());
+        state.by_id.insert(id.to_string(), service.clone());
+        self.publish(state, ChangeKind::Updated, service.clone(), Some(previous));
+        Ok(service)
+    }
+
+    /// Frees a registration; only its session may.
+    pub fn free(&self, session_id: &str, id: &str) -> Result<Arc<Service>> {
+        let mut state = self.lock();
+        owned(&state, session_id, id)?;
+        if let Some(session) = state.sessions.open.get_mut(session_id) {
+            session.services.remove(id);
+        }
+        Ok(self.remove_locked(&mut state, id).expect("checked above"))
+    }
+
+    /// The services matching `selector` now, and the revision they reflect.
+    pub fn query(&self, selector: &Selector) -> (Vec<Arc<Service>>, u64) {
+        let state = self.lock();
+        (state.index.select(selector), state.revision)
+    }
+
+    /// Like `query`, but waits until at least one service matches. Dropping
+    /// the future leaves nothing behind.
+    pub async fn get(&self, selector: &Selector) -> (Vec<Arc<Service>>, u64) {
+        loop {
+            let mut feed = {
+                let state = self.lock();
+                let found = state.index.select(selector);
+                if !found.is_empty() {
+                    return (found, state.revision);
+                }
+                self.shared.feed.subscribe()
+            };
+            loop {
+                match feed.recv().await {
+                    Ok(change) => {
+                        if matches!(selector.classify(&change), Some(WatchKind::Registered)) {
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+        }
+    }
+
+    /// Starts a watch: a snapshot then live changes, or, when `since` is
+    /// still in the history, the changes after it.
+    pub fn watch(&self, selector: Selector, since: u64) -> Watch {
+        let state = self.lock();
+        let replayable = since > 0
+            && since <= state.revision
+            && state
+                .history
+                .front()
+                .map_or(since == state.revision, |c| c.revision <= since + 1);
+        if replayable {
+            let feed = self.shared.feed.subscribe();
+            let mut pending: VecDeque<WatchEvent> = state
+                .history
+                .iter()
+                .filter(|c| c.revision > since)
+                .filter_map(|c| {
+                    selector.classify(c).map(|kind| WatchEvent {
+                        kind,
+                        service: Some(c.service.clone()),
+                        revision: c.revision,
+                    })
+                })
+                .collect();
+            pending.push_back(WatchEvent {
+                kind: WatchKind::Synced,
+                service: None,
+                revision: state.revision,
+            });
+            drop(state);
+            return Watch::new(self.clone(), selector, feed, pending);
+        }
+        drop(state);
+        let (feed, mut pending) = self.snapshot(&selector);
+        if since > 0 {
+            let revision = pending.back().map_or(0, |e| e.revision);
+            pending.push_front(WatchEvent {
+                kind: WatchKind::Reset,
+                service: None,
+                revision,
+            });
+        }
+        Watch::new(self.clone(), selector, feed, pending)
+    }
+
+    /// A fresh subscription and the snapshot it starts from, ending in Synced.
+    fn snapshot(
+        &self,
+        selector: &Selector,
+    ) -> (broadcast::Receiver<Arc<Change>>, VecDeque<WatchEvent>) {
+        let state = self.lock();
+        let feed = self.shared.feed.subscribe();
+        let revision = state.revision;
+        let mut pending: VecDeque<WatchEvent> = state
+            .index
+            .select(selector)
+            .into_iter()
+            .map(|s| WatchEvent {
+                kind: WatchKind::Existing,
+                service: Some(s),
+                revision,
+            })
+            .collect();
+        pending.push_back(WatchEvent {
+            kind: WatchKind::Synced,
+            service: None,
+            revision,
+        });
+        (feed, pending)
+    }
+
+    /// Removes a service from every table and publishes the free. The
+    /// caller has removed it from its session's set (or dropped the session).
+    fn remove_locked(&self, state: &mut State, id: &str) -> Option<Arc<Service>> {
+        let service = state.by_id.remove(id)?;
+        state.index.remove(&service);
+        state
+            .ports
+            .release(&service.host, service.port, Instant::now());
+        self.publish(state, ChangeKind::Freed, service.clone(), None);
+        Some(service)
+    }
+
+    fn publish(
+        &self,
+        state: &mut State,
+        kind: ChangeKind,
+        service: Arc<Service>,
+        previous: Option<Arc<Service>>,
+    ) {
+        state.revision += 1;
+        let change = Arc::new(Change {
+            revision: state.revision,
+            kind,
+            service,
+            previous,
+        });
+        if state.history.len() >= self.shared.limits.history {
+            state.history.pop_front();
+        }
+        if self.shared.limits.history > 0 {
+            state.history.push_back(change.clone());
+        }
+        // No receivers is fine: nobody is watching.
+        let _ = self.shared.feed.send(change);
+    }
+
+    /// Expires the sessions whose ttl has passed; returns when to look again.
+    fn expire_due(&self) -> Option<Instant> {
+        let mut state = self.lock();
+        for id in state.sessions.due(Instant::now()) {
+            if let Some(session) = state.sessions.open.remove(&id) {
+                tracing::info!(session = %id, services = session.services.len(), "session expired");
+                for service_id in session.services {
+                    self.remove_locked(&mut state, &service_id);
+                }
+            }
+        }
+        state.sessions.next_deadline()
+    }
+
+    /// Number of open sessions (the server's own included).
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.open.len()
+    }
+}
+
+/// The service `id`, if `session_id` is open and holds it.
+fn owned<'a>(state: &'a State, session_id: &str, id: &str) -> Result<&'a Arc<Service>> {
+    if !state.sessions.open.contains_key(session_id) {
+        return Err(RegistryError::UnknownSession(session_id.to_string()));
+    }
+    let service = state
+        .by_id
+        .get(id)
+        .ok_or_else(|| RegistryError::UnknownService(id.to_string()))?;
+    if service.session_id != session_id {
+        return Err(RegistryError::NotOwner(id.to_string()));
+    }
+    Ok(service)
+}
+
+/// The namespace to use: the given one, checked, or the default.
+pub fn namespace_or_default(namespace: &str) -> Result<String> {
+    if namespace.is_empty() {
+        return Ok(DEFAULT_NAMESPACE.to_string());
+    }
+    validate_name("namespace", namespace)?;
+    Ok(namespace.to_string())
+}
+
+fn check_host(host: &str) -> Result<()> {
+    if host.len() > 253
+        || host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == '@')
+    {
+        return Err(RegistryError::Invalid(format!(
+            "host {host:?} is not a host name or address; give one such as 10.0.0.5 or web-1.internal (at most 253 bytes)"
+        )));
+    }
+    Ok(())
+}
+
+fn check_id(id: &str) -> Result<()> {
+    let ok = id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+    if !ok {
+        return Err(RegistryError::Invalid(format!(
+            "id {id:?} is not valid; use at most 128 letters, digits, `.`, `_`, `-` or `:`"
+        )));
+    }
+    Ok(())
+}
+
+/// Expires sessions as their ttl passes, until the reaper guard drops.
+async fn reap(registry: Registry) {
+    while !registry.shared.stopping.load(Ordering::Acquire) {
+        let next = registry.expire_due();
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = registry.shared.reaper_wake.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,72 @@
+//! Sessions: who holds which registrations, and when each session expires
+//! unless it hears from its client.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// One client's lease.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) ttl: Duration,
+    /// `None` for the server's own session, which never expires.
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) observed_host: String,
+    pub(crate) owner: String,
+    pub(crate) services: HashSet<String>,
+}
+
+/// The open sessions and their expiry queue.
+///
+/// Every expiring session has exactly one entry in `expiries`, possibly
+/// older than its deadline: a ping only moves `deadline` (cheap, no tree
+/// update) and the reaper re-queues entries whose session was refreshed.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    pub(crate) open: HashMap<String, Session>,
+    expiries: BTreeSet<(Instant, String)>,
+}
+
+impl Sessions {
+    pub(crate) fn insert(&mut self, id: String, session: Session) {
+        if let Some(deadline) = session.deadline {
+            self.expiries.insert((deadline, id.clone()));
+        }
+        self.open.insert(id, session);
+    }
+
+    /// Extends the session's life by its ttl from `now`.
+    pub(crate) fn touch(&mut self, id: &str, now: Instant) -> Option<&Session> {
+        let session = self.open.get_mut(id)?;
+        if session.deadline.is_some() {
+            session.deadline = Some(now + session.ttl);
+        }
+        Some(session)
+    }
+
+    /// Ids of the sessions whose deadline has passed, removed from the
+    /// queue; re-queues the ones refreshed since they were queued.
+    pub(crate) fn due(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.expiries.first() {
+            if *at > now {
+                break;
+            }
+            let (_, id) = self.expiries.pop_first().expect("first exists");
+            match self.open.get(&id).and_then(|s| s.deadline) {
+                Some(deadline) if deadline > now => {
+                    self.expiries.insert((deadline, id));
+                }
+                Some(_) => due.push(id),
+                None => {}
+            }
+        }
+        due
+    }
+
+    /// When the reaper should look next.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.expiries.first().map(|(at, _)| *at)
+    }
+}

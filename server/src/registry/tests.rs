@@ -1,0 +1,93 @@
+//! Time-based behaviour of the core, with tokio's clock paused.
+
+use std::time::Duration;
+
+use super::*;
+
+fn selector(pattern: &str) -> Selector {
+    Selector {
+        namespace: DEFAULT_NAMESPACE.into(),
+        pattern: pattern.parse().unwrap(),
+        metadata: BTreeMap::new(),
+    }
+}
+
+fn register(registry: &Registry, session: &str, role: &str) -> Arc<Service> {
+    registry
+        .register(NewService {
+            session_id: session.into(),
+            role: role.into(),
+            ..Default::default()
+        })
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_expires_after_its_ttl_without_pings() {
+    let (registry, _guard) = Registry::new(Limits::default());
+    let s = registry.open_session(
+        Some(Duration::from_secs(2)),
+        "10.0.0.1".into(),
+        String::new(),
+    );
+    register(&registry, &s.id, "web@1.0.0");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    registry.touch(&s.id).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        registry.query(&selector("web")).0.len(),
+        1,
+        "a ping extends the session"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        registry.query(&selector("web")).0.is_empty(),
+        "silent for the ttl: freed"
+    );
+    assert!(matches!(
+        registry.touch(&s.id),
+        Err(RegistryError::UnknownSession(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_is_clamped_to_the_bounds() {
+    let (registry, _guard) = Registry::new(Limits::default());
+    let s = registry.open_session(Some(Duration::from_millis(1)), String::new(), String::new());
+    assert_eq!(s.ttl, Duration::from_secs(1));
+    let s = registry.open_session(
+        Some(Duration::from_secs(1 << 20)),
+        String::new(),
+        String::new(),
+    );
+    assert_eq!(s.ttl, Duration::from_secs(3600));
+    let s = registry.open_session(None, String::new(), String::new());
+    assert_eq!(s.ttl, Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watcher_that_falls_behind_is_reset_with_a_fresh_snapshot() {
+    let limits = Limits {
+        watch_buffer: 4,
+        ..Limits::default()
+    };
+    let (registry, _guard) = Registry::new(limits);
+    let s = registry.open_session(None, "h".into(), String::new());
+    let mut watch = registry.watch(selector("web"), 0);
+    assert_eq!(watch.next().await.kind, WatchKind::Synced);
+    for _ in 0..10 {
+        register(&registry, &s.id, "web@1.0.0");
+    }
+    let reset = watch.next().await;
+    assert_eq!(reset.kind, WatchKind::Reset);
+    let mut existing = 0;
+    loop {
+        let e = watch.next().await;
+        match e.kind {
+            WatchKind::Existing => existing += 1,
+            WatchKind::Synced => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(existing, 10);
+}

@@ -1,0 +1,167 @@
+//! The change feed: what a query selects, what changed, and the watch that
+//! turns changes into the events one watcher should see.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use seaport::{Pattern, Service};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::Registry;
+
+/// What a query, get or watch selects.
+#[derive(Clone, Debug)]
+pub struct Selector {
+    /// Namespace to look in.
+    pub namespace: String,
+    /// Name and range to match.
+    pub pattern: Pattern,
+    /// key=value pairs the service's metadata must contain.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Selector {
+    /// True when `service` is in this selector's set.
+    pub fn matches(&self, service: &Service) -> bool {
+        service.namespace == self.namespace
+            && self
+                .pattern
+                .matches(&service.name, service.version.as_ref())
+            && self
+                .metadata
+                .iter()
+                .all(|(k, v)| service.metadata.get(k) == Some(v))
+    }
+
+    /// What `change` means to someone watching this selector's set, if
+    /// anything: an update can move a service into or out of the set.
+    pub fn classify(&self, change: &Change) -> Option<WatchKind> {
+        let now = self.matches(&change.service);
+        match change.kind {
+            ChangeKind::Registered => now.then_some(WatchKind::Registered),
+            ChangeKind::Freed => now.then_some(WatchKind::Freed),
+            ChangeKind::Updated => {
+                let before = change.previous.as_deref().is_some_and(|p| self.matches(p));
+                match (before, now) {
+                    (true, true) => Some(WatchKind::Updated),
+                    (false, true) => Some(WatchKind::Registered),
+                    (true, false) => Some(WatchKind::Freed),
+                    (false, false) => None,
+                }
+            }
+        }
+    }
+}
+
+/// What a change did to the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A service was added.
+    Registered,
+    /// A service's metadata changed.
+    Updated,
+    /// A service was removed.
+    Freed,
+}
+
+/// One change of the registry, shared by every watcher through an `Arc`.
+#[derive(Debug)]
+pub struct Change {
+    /// Revision the change made.
+    pub revision: u64,
+    /// What it did.
+    pub kind: ChangeKind,
+    /// The service after the change (as it was, for a free).
+    pub service: Arc<Service>,
+    /// The service before an update.
+    pub previous: Option<Arc<Service>>,
+}
+
+/// What one watcher is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchKind {
+    /// In the set when the snapshot was taken.
+    Existing,
+    /// The snapshot (or replay) is complete.
+    Synced,
+    /// Entered the set.
+    Registered,
+    /// Changed while in the set.
+    Updated,
+    /// Left the set.
+    Freed,
+    /// Forget everything: a fresh snapshot follows.
+    Reset,
+}
+
+/// One event of a watch.
+#[derive(Clone, Debug)]
+pub struct WatchEvent {
+    /// What happened.
+    pub kind: WatchKind,
+    /// The service concerned (none for Synced and Reset).
+    pub service: Option<Arc<Service>>,
+    /// Revision of the change, or of the snapshot.
+    pub revision: u64,
+}
+
+/// A live watch: the pending snapshot or replay, then the shared feed.
+///
+/// It reads the registry's broadcast feed, so a watcher that stops reading
+/// costs the others nothing; when it falls further behind than the feed
+/// holds, it is sent `Reset` and a fresh snapshot.
+pub struct Watch {
+    registry: Registry,
+    selector: Selector,
+    feed: broadcast::Receiver<Arc<Change>>,
+    pending: VecDeque<WatchEvent>,
+}
+
+impl Watch {
+    pub(super) fn new(
+        registry: Registry,
+        selector: Selector,
+        feed: broadcast::Receiver<Arc<Change>>,
+        pending: VecDeque<WatchEvent>,
+    ) -> Self {
+        Watch {
+            registry,
+            selector,
+            feed,
+            pending,
+        }
+    }
+
+    /// The next event for this watcher; waits for one.
+    pub async fn next(&mut self) -> WatchEvent {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            match self.feed.recv().await {
+                Ok(change) => {
+                    if let Some(kind) = self.selector.classify(&change) {
+                        return WatchEvent {
+                            kind,
+                            service: Some(change.service.clone()),
+                            revision: change.revision,
+                        };
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    let (feed, mut pending) = self.registry.snapshot(&self.selector);
+                    let revision = pending.back().map_or(0, |e| e.revision);
+                    pending.push_front(WatchEvent {
+                        kind: WatchKind::Reset,
+                        service: None,
+                        revision,
+                    });
+                    self.feed = feed;
+                    self.pending = pending;
+                }
+                // The registry is gone (the server is stopping); so is the watch.
+                Err(RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
