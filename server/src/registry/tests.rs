@@ -91,3 +91,41 @@ async fn a_watcher_that_falls_behind_is_reset_with_a_fresh_snapshot() {
     }
     assert_eq!(existing, 10);
 }
+
+#[tokio::test]
+async fn a_cancelled_get_leaves_nothing_behind() {
+    let (registry, _guard) = Registry::new(Limits::default());
+    let waiter = registry.clone();
+    let get = tokio::spawn(async move { waiter.get(&selector("web")).await });
+    while registry.shared.feed.receiver_count() == 0 {
+        tokio::task::yield_now().await;
+    }
+    get.abort();
+    assert!(get.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        registry.shared.feed.receiver_count(),
+        0,
+        "the waiter's subscription is gone"
+    );
+}
+
+#[tokio::test]
+async fn get_wakes_when_an_update_brings_a_service_into_its_set() {
+    let (registry, _guard) = Registry::new(Limits::default());
+    let s = registry.open_session(None, "h".into(), String::new());
+    let web = register(&registry, &s.id, "web@1.0.0");
+    let mut wanted = selector("web");
+    wanted.metadata.insert("ready".into(), "yes".into());
+    let waiter = registry.clone();
+    let get = tokio::spawn(async move { waiter.get(&wanted).await });
+    while registry.shared.feed.receiver_count() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let change = MetadataChange {
+        set: [("ready".to_string(), "yes".to_string())].into(),
+        ..Default::default()
+    };
+    registry.update(&s.id, &web.id, change).unwrap();
+    let (found, _) = get.await.unwrap();
+    assert_eq!(found[0].id, web.id);
+}

@@ -1,0 +1,272 @@
+//! Starts real servers on ephemeral ports and opens real sessions.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use seaport::pb::{
+    self, heartbeat_request::Kind as In, heartbeat_response::Kind as Out,
+    registry_client::RegistryClient,
+};
+use seaport_server::Config;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+/// How long any test waits for an event it expects.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A seaportd running in this process.
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// The configuration tests use: quick shutdown, short ttls allowed.
+pub(crate) fn test_config() -> Config {
+    let mut config = Config {
+        drain_delay: Duration::ZERO,
+        shutdown_grace: Duration::from_secs(2),
+        ..Config::default()
+    };
+    config.limits.min_ttl = Duration::from_millis(100);
+    config
+}
+
+impl TestServer {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(test_config()).await
+    }
+
+    pub(crate) async fn start_with(config: Config) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    /// Starts a server on `addr` (for restarts on the same address).
+    pub(crate) async fn start_on(addr: SocketAddr, config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            seaport_server::run(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        TestServer {
+            addr,
+            stop: Some(stop),
+            done,
+        }
+    }
+
+    pub(crate) async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A connection whose HTTP/2 windows are the protocol's minimum, as a
+    /// client that reads slowly would keep them.
+    pub(crate) async fn slow_reader_client(&self) -> RegistryClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .await
+            .expect("connect");
+        RegistryClient::new(channel)
+    }
+
+    pub(crate) async fn client(&self) -> RegistryClient<Channel> {
+        RegistryClient::new(self.channel().await)
+    }
+
+    /// Signals shutdown without waiting for it.
+    pub(crate) fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts the server down and waits until it has stopped.
+    pub(crate) async fn stop(mut self) {
+        self.begin_shutdown();
+        tokio::time::timeout(PATIENCE, &mut self.done)
+            .await
+            .expect("server stops")
+            .unwrap();
+    }
+}
+
+/// An open session and its Heartbeat stream.
+pub(crate) struct Session {
+    pub(crate) id: String,
+    pub(crate) ttl_ms: u64,
+    pub(crate) observed_host: String,
+    pub(crate) resumed: bool,
+    tx: mpsc::Sender<pb::HeartbeatRequest>,
+    rx: Streaming<pb::HeartbeatResponse>,
+}
+
+fn msg(kind: In) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest { kind: Some(kind) }
+}
+
+/// Starts a Heartbeat stream with `first` as its first message.
+pub(crate) async fn heartbeat(
+    client: &mut RegistryClient<Channel>,
+    first: In,
+) -> Result<Session, Status> {
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(msg(first)).await.unwrap();
+    let mut stream = client
+        .heartbeat(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let reply = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("first reply")?;
+    match reply.and_then(|r| r.kind) {
+        Some(Out::Opened(o)) => Ok(Session {
+            id: o.session_id,
+            ttl_ms: o.ttl_ms,
+            observed_host: o.observed_host,
+            resumed: o.resumed,
+            tx,
+            rx: stream,
+        }),
+        other => panic!("expected opened, got {other:?}"),
+    }
+}
+
+/// Opens a session with the given ttl (0: the server's default).
+pub(crate) async fn open(client: &mut RegistryClient<Channel>, ttl_ms: u64) -> Session {
+    heartbeat(
+        client,
+        In::Open(pb::OpenSession {
+            ttl_ms,
+            client_name: "test".into(),
+        }),
+    )
+    .await
+    .expect("open session")
+}
+
+impl Session {
+    pub(crate) async fn ping(&mut self, seq: u64) -> Result<u64, Status> {
+        self.tx.send(msg(In::Ping(pb::Ping { seq }))).await.unwrap();
+        match self.next().await? {
+            Some(Out::Pong(p)) => Ok(p.seq),
+            other => panic!("expected pong, got {other:?}"),
+        }
+    }
+
+    /// Closes the session; returns how many registrations were freed.
+    pub(crate) async fn close(mut self) -> u32 {
+        self.tx
+            .send(msg(In::Close(pb::CloseSession {})))
+            .await
+            .unwrap();
+        match self.next().await {
+            Ok(Some(Out::Closed(c))) => c.freed,
+            other => panic!("expected closed, got {other:?}"),
+        }
+    }
+
+    pub(crate) async fn send(&self, kind: In) {
+        self.tx.send(msg(kind)).await.unwrap();
+    }
+
+    pub(crate) async fn next(&mut self) -> Result<Option<Out>, Status> {
+        let reply = tokio::time::timeout(PATIENCE, self.rx.message())
+            .await
+            .expect("a reply in time")?;
+        Ok(reply.and_then(|r| r.kind))
+    }
+
+    /// Drops the stream without closing the session (a network blip).
+    pub(crate) fn drop_stream(self) -> String {
+        self.id
+    }
+}
+
+pub(crate) fn register_request(session: &Session, role: &str) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        session_id: session.id.clone(),
+        role: role.into(),
+        ..Default::default()
+    }
+}
+
+pub(crate) async fn register(
+    client: &mut RegistryClient<Channel>,
+    session: &Session,
+    role: &str,
+) -> pb::Service {
+    register_with(client, register_request(session, role)).await
+}
+
+pub(crate) async fn register_with(
+    client: &mut RegistryClient<Channel>,
+    request: pb::RegisterRequest,
+) -> pb::Service {
+    client
+        .register(request)
+        .await
+        .expect("register")
+        .into_inner()
+        .service
+        .expect("service")
+}
+
+/// The services matching `pattern` in the default namespace.
+pub(crate) async fn query(client: &mut RegistryClient<Channel>, pattern: &str) -> Vec<pb::Service> {
+    client
+        .query(pb::QueryRequest {
+            pattern: pattern.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("query")
+        .into_inner()
+        .services
+}
+
+/// Asserts a call failed with `code` and a message containing `needle`.
+#[track_caller]
+pub(crate) fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    needle: &str,
+) {
+    let status = result.expect_err("the call should fail");
+    assert_eq!(status.code(), code, "message: {}", status.message());
+    assert!(
+        status.message().contains(needle),
+        "{:?} does not contain {needle:?}",
+        status.message()
+    );
+}
+
+/// Waits for `cond` to hold, polling; for state reached through time
+/// (session expiry), never as a stand-in for an event we can wait on.
+pub(crate) async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

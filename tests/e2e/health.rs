@@ -1,0 +1,84 @@
+//! grpc.health.v1 and reflection, as probes and tools use them.
+
+use std::time::Duration;
+
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+use crate::harness::*;
+
+async fn status(
+    client: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> ServingStatus {
+    let r = client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap();
+    r.into_inner().status()
+}
+
+#[tokio::test]
+async fn serving_after_start_and_not_serving_while_draining() {
+    let mut config = test_config();
+    config.drain_delay = Duration::from_secs(3);
+    let mut server = TestServer::start_with(config).await;
+    let mut health = HealthClient::new(server.channel().await);
+    assert_eq!(status(&mut health, "").await, ServingStatus::Serving);
+    assert_eq!(
+        status(&mut health, "seaport.v1.Registry").await,
+        ServingStatus::Serving
+    );
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await;
+    assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
+
+    server.begin_shutdown();
+    eventually("NOT_SERVING during the drain", || {
+        let mut health = health.clone();
+        async move {
+            status(&mut health, "").await == ServingStatus::NotServing
+                && status(&mut health, "seaport.v1.Registry").await == ServingStatus::NotServing
+        }
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reflection_lists_the_registry_and_health_services() {
+    let server = TestServer::start().await;
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("{reply:?}")
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"seaport.v1.Registry".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}

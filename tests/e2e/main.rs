@@ -1,0 +1,11 @@
+//! End-to-end tests: a real seaportd on 127.0.0.1:0, spoken to over gRPC.
+
+mod harness;
+
+mod health;
+mod ports;
+mod query;
+mod register;
+// mod semver_table;
+mod sessions;
+mod watch;
