@@ -6,6 +6,6 @@ mod health;
 mod ports;
 mod query;
 mod register;
-// mod semver_table;
+mod semver_table;
 mod sessions;
 mod watch;

@@ -13,10 +13,18 @@ const TABLE: &str = include_str!("../data/semver-ranges.tsv");
 /// range -> version -> satisfies, in file order.
 fn table() -> BTreeMap<&'static str, BTreeMap<&'static str, bool>> {
     let mut cases: BTreeMap<_, BTreeMap<_, _>> = BTreeMap::new();
-    for line in TABLE.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+    for line in TABLE
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
         let cols: Vec<_> = line.split('\t').collect();
-        let [range, version, expected] = cols[..] else { panic!("malformed line {line:?}") };
-        cases.entry(range).or_default().insert(version, expected == "true");
+        let [range, version, expected] = cols[..] else {
+            panic!("malformed line {line:?}")
+        };
+        cases
+            .entry(range)
+            .or_default()
+            .insert(version, expected == "true");
     }
     cases
 }
@@ -24,7 +32,10 @@ fn table() -> BTreeMap<&'static str, BTreeMap<&'static str, bool>> {
 #[tokio::test]
 async fn query_agrees_with_npm_semver_on_every_case() {
     let cases = table();
-    assert!(cases.values().map(BTreeMap::len).sum::<usize>() >= 150, "the table has at least 150 cases");
+    assert!(
+        cases.values().map(BTreeMap::len).sum::<usize>() >= 150,
+        "the table has at least 150 cases"
+    );
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let s = open(&mut client, 0).await;
@@ -35,9 +46,17 @@ async fn query_agrees_with_npm_semver_on_every_case() {
 
     let mut wrong = Vec::new();
     for (range, expected) in &cases {
-        let request = pb::QueryRequest { pattern: format!("sv@{range}"), ..Default::default() };
+        let request = pb::QueryRequest {
+            pattern: format!("sv@{range}"),
+            ..Default::default()
+        };
         let found: BTreeSet<String> = match client.query(request).await {
-            Ok(r) => r.into_inner().services.into_iter().map(|s| s.version).collect(),
+            Ok(r) => r
+                .into_inner()
+                .services
+                .into_iter()
+                .map(|s| s.version)
+                .collect(),
             Err(e) => {
                 wrong.push(format!("{range:?}: refused: {}", e.message()));
                 continue;
@@ -49,5 +68,10 @@ async fn query_agrees_with_npm_semver_on_every_case() {
             }
         }
     }
-    assert!(wrong.is_empty(), "{} disagreements:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} disagreements:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
