@@ -2,6 +2,8 @@
 
 mod harness;
 
+mod client;
+
 mod health;
 mod ports;
 mod query;

@@ -110,6 +110,15 @@ impl Drop for ReaperGuard {
 /// The namespace used when none is given.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// Revisions start at the start time in microseconds, so a restarted
+/// server's revisions lie above the old ones and a watch resuming from an
+/// old revision is reset rather than replayed from unrelated history.
+fn first_revision() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 fn random_id() -> String {
     format!("{:032x}", fastrand::u128(..))
 }
@@ -120,7 +129,7 @@ impl Registry {
     pub fn new(limits: Limits) -> (Registry, ReaperGuard) {
         let (feed, _) = broadcast::channel(limits.watch_buffer.max(1));
         let state = State {
-            revision: 0,
+            revision: first_revision(),
             index: Index::default(),
             by_id: BTreeMap::new(),
             ports: Ports::new(limits.port_range.clone(), limits.port_quarantine),

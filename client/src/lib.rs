@@ -1,0 +1,494 @@
+//! `SeaportClient`: the Rust client of the Seaport registry.
+//!
+//! One client holds one session, kept alive in the background across
+//! reconnects, server restarts and failover; registrations made through it
+//! are re-asserted (same ids, hosts and ports) whenever the server has
+//! forgotten them. It speaks domain types ([`Service`], [`Registration`],
+//! [`Event`]), never generated ones.
+//!
+//! ```no_run
+//! # async fn demo() -> seaport_client::Result<()> {
+//! use seaport_client::{RegisterOptions, SeaportClient};
+//!
+//! let client = SeaportClient::connect(["127.0.0.1:9090"]).await?;
+//! let (listener, registration) = client.bind("web@1.2.3", RegisterOptions::default()).await?;
+//! println!("serving web@1.2.3 on port {}", registration.port());
+//! let web = client.get("web@1.2.x").await?;
+//! println!("web is at {}", web[0].address());
+//! # drop(listener);
+//! # Ok(()) }
+//! ```
+
+mod catalog;
+mod error;
+mod registration;
+mod session;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use seaport::pb;
+use tokio::task::JoinHandle;
+use tokio_stream::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+pub use catalog::Catalog;
+pub use error::{Error, Result};
+pub use registration::{RegisterOptions, Registration, RegistrationGuard};
+pub use seaport::{Pattern, Range, Role, Service};
+pub use watch::{Event, EventKind, WatchStream};
+
+use session::{Conn, Shared};
+
+/// How many ports `bind` tries before giving up.
+const BIND_ATTEMPTS: usize = 5;
+
+/// What happens to the client's connection and session, for logging or
+/// reacting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A session is held through `server`, which sees this client at
+    /// `observed_host`.
+    Connected {
+        /// The server's address.
+        server: String,
+        /// The client's address as the server sees it.
+        observed_host: String,
+    },
+    /// The connection to `server` was lost; the client is reconnecting.
+    Disconnected {
+        /// The server's address.
+        server: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server no longer knew the session; a new one is being opened.
+    SessionLost,
+    /// This many of the client's registrations were registered again.
+    Reasserted {
+        /// How many.
+        count: usize,
+    },
+    /// One registration could not be re-asserted.
+    ReassertFailed {
+        /// Its id.
+        id: String,
+        /// The server's reason.
+        reason: String,
+    },
+}
+
+/// Client settings; see [`Builder`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    namespace: String,
+    ttl: Duration,
+    client_name: String,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    backoff_base: Duration,
+    backoff_max: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            namespace: String::new(),
+            ttl: Duration::from_secs(10),
+            client_name: "seaport-client".into(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Builds a [`SeaportClient`].
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    endpoints: Vec<String>,
+    options: Options,
+}
+
+impl Builder {
+    /// Adds a server address (`host:port`); several give failover.
+    pub fn endpoint(mut self, address: impl Into<String>) -> Self {
+        self.endpoints.push(address.into());
+        self
+    }
+
+    /// The namespace for registrations and queries (default `default`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.options.namespace = namespace.into();
+        self
+    }
+
+    /// The session ttl to ask for; the server clamps it to its bounds.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.options.ttl = ttl;
+        self
+    }
+
+    /// A name for this client in the server's logs.
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.options.client_name = name.into();
+        self
+    }
+
+    /// How long to wait for a connection (and, at `connect`, for the first
+    /// session).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.options.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a call waits for a session while the client reconnects.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.options.request_timeout = timeout;
+        self
+    }
+
+    /// The first and the longest pause between reconnect attempts.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.options.backoff_base = base;
+        self.options.backoff_max = max;
+        self
+    }
+
+    /// Connects and opens the session; fails when no server answers within
+    /// the connect timeout (a few tries across the endpoints).
+    pub async fn connect(self) -> Result<SeaportClient> {
+        if self.endpoints.is_empty() {
+            return Err(Error::Unavailable("no endpoint configured".into()));
+        }
+        let wait = self.options.connect_timeout * 2;
+        let shared = Arc::new(Shared::new(self.options, self.endpoints));
+        let task = tokio::spawn(session::run(shared.clone()));
+        let life = Life {
+            shared: shared.clone(),
+            task: std::sync::Mutex::new(Some(task)),
+        };
+        let client = SeaportClient {
+            shared,
+            life: Arc::new(life),
+        };
+        let mut conn = client.shared.conn.subscribe();
+        match tokio::time::timeout(wait, conn.wait_for(Option::is_some)).await {
+            Ok(Ok(_)) => Ok(client),
+            // Dropping the client stops its session task.
+            _ => Err(Error::Unavailable(client.shared.endpoints().join(", "))),
+        }
+    }
+}
+
+/// Completes when the connection is another than `old`.
+async fn changed_from(
+    rx: &mut tokio::sync::watch::Receiver<Option<Conn>>,
+    old: &Conn,
+) -> Result<()> {
+    let other = |c: &Option<Conn>| {
+        c.as_ref()
+            .is_some_and(|c| c.session_id != old.session_id || c.server != old.server)
+    };
+    rx.wait_for(other)
+        .await
+        .map(|_| ())
+        .map_err(|_| Error::Closed)
+}
+
+/// Closes the session when the last client handle is dropped.
+struct Life {
+    shared: Arc<Shared>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        let _ = self.shared.closed.send(true);
+    }
+}
+
+/// A connection to the Seaport registry holding one session. Cheap to
+/// clone; the session ends when the last clone is dropped or on
+/// [`SeaportClient::close`].
+#[derive(Clone)]
+pub struct SeaportClient {
+    shared: Arc<Shared>,
+    life: Arc<Life>,
+}
+
+impl SeaportClient {
+    /// Connects to one or more servers (`host:port`) with default options.
+    pub async fn connect<I, S>(endpoints: I) -> Result<SeaportClient>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        endpoints
+            .into_iter()
+            .fold(Self::builder(), Builder::endpoint)
+            .connect()
+            .await
+    }
+
+    /// A builder for the options.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// What happens to the connection and session, from now on.
+    pub fn events(&self) -> impl Stream<Item = ClientEvent> + use<> {
+        BroadcastStream::new(self.shared.events.subscribe()).filter_map(|e| e.ok())
+    }
+
+    /// The server currently holding the session, if connected.
+    pub fn server(&self) -> Option<String> {
+        self.shared.conn.borrow().as_ref().map(|c| c.server.clone())
+    }
+
+    /// The current connection, waiting up to the request timeout while
+    /// the client reconnects.
+    async fn conn(&self) -> Result<Conn> {
+        let mut rx = self.shared.conn.subscribe();
+        let wait = rx.wait_for(Option::is_some);
+        match tokio::time::timeout(self.shared.options.request_timeout, wait).await {
+            Ok(Ok(conn)) => Ok(conn.clone().expect("waited for Some")),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Unavailable(self.shared.endpoints().join(", "))),
+        }
+    }
+
+    fn namespace(&self) -> String {
+        self.shared.options.namespace.clone()
+    }
+
+    /// Registers `role` (`name@1.2.3` or `name`) under this client's session.
+    pub async fn register(&self, role: &str, options: RegisterOptions) -> Result<Registration> {
+        let role: Role = role.parse()?;
+        let conn = self.conn().await?;
+        let request = pb::RegisterRequest {
+            session_id: conn.session_id.clone(),
+            role: role.to_string(),
+            namespace: options.namespace.unwrap_or_else(|| self.namespace()),
+            host: options.host.unwrap_or_default(),
+            port: u32::from(options.port.unwrap_or(0)),
+            id: options.id.unwrap_or_default(),
+            metadata: options.metadata.into_iter().collect(),
+        };
+        let reply = conn
+            .rpc
+            .clone()
+            .register(request.clone())
+            .await?
+            .into_inner();
+        let service = Service::try_from(reply.service.unwrap_or_default())?;
+        let remembered = pb::RegisterRequest {
+            id: service.id.clone(),
+            host: service.host.clone(),
+            port: u32::from(service.port),
+            ..request
+        };
+        self.owned().insert(service.id.clone(), remembered);
+        Ok(Registration::new(self.clone(), service))
+    }
+
+    /// Registers `role` on a port the registry assigns and returns a
+    /// listener already bound to it, so no other process can take the port
+    /// in between. A port taken outside the registry is freed and another
+    /// one asked for, a few times.
+    pub async fn bind(
+        &self,
+        role: &str,
+        options: RegisterOptions,
+    ) -> Result<(tokio::net::TcpListener, Registration)> {
+        let ip = options.bind_ip;
+        let mut last = None;
+        for _ in 0..BIND_ATTEMPTS {
+            let registration = self.register(role, options.clone()).await?;
+            match tokio::net::TcpListener::bind((ip, registration.port())).await {
+                Ok(listener) => return Ok((listener, registration)),
+                Err(e) => {
+                    tracing::debug!(port = registration.port(), error = %e, "assigned port is taken locally; trying another");
+                    registration.free().await?;
+                    last = Some(e);
+                    if options.port.is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(Error::Bind {
+            attempts: BIND_ATTEMPTS,
+            source: last.expect("at least one attempt"),
+        })
+    }
+
+    fn owned(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, pb::RegisterRequest>> {
+        self.shared.owned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces (or with `merge`, merges into) a registration's metadata.
+    pub async fn update(
+        &self,
+        id: &str,
+        metadata: BTreeMap<String, String>,
+        merge: bool,
+    ) -> Result<Service> {
+        let conn = self.conn().await?;
+        let request = pb::UpdateRequest {
+            session_id: conn.session_id,
+            id: id.to_string(),
+            metadata: metadata.into_iter().collect(),
+            merge,
+            remove_keys: Vec::new(),
+        };
+        let reply = conn.rpc.clone().update(request).await?.into_inner();
+        let service = Service::try_from(reply.service.unwrap_or_default())?;
+        if let Some(owned) = self.owned().get_mut(id) {
+            owned.metadata = service
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        }
+        Ok(service)
+    }
+
+    /// Frees a registration of this client's.
+    pub async fn free(&self, id: &str) -> Result<Service> {
+        let conn = self.conn().await?;
+        let request = pb::FreeRequest {
+            session_id: conn.session_id,
+            id: id.to_string(),
+        };
+        let result = conn.rpc.clone().free(request).await;
+        if result
+            .as_ref()
+            .map_or_else(|s| s.code() == tonic::Code::NotFound, |_| true)
+        {
+            self.owned().remove(id);
+        }
+        Ok(Service::try_from(
+            result?.into_inner().service.unwrap_or_default(),
+        )?)
+    }
+
+    /// The services matching `pattern` (`name`, `name@range` or empty) now.
+    pub async fn query(&self, pattern: &str) -> Result<Vec<Service>> {
+        let _: Pattern = pattern.parse()?;
+        let conn = self.conn().await?;
+        let request = pb::QueryRequest {
+            pattern: pattern.into(),
+            namespace: self.namespace(),
+            ..Default::default()
+        };
+        let reply = conn.rpc.clone().query(request).await?.into_inner();
+        reply
+            .services
+            .into_iter()
+            .map(|s| Ok(Service::try_from(s)?))
+            .collect()
+    }
+
+    /// Waits until at least one service matches `pattern`, across
+    /// reconnects, and returns the matches.
+    pub async fn get(&self, pattern: &str) -> Result<Vec<Service>> {
+        self.get_inner(pattern, None).await
+    }
+
+    /// Like [`get`](Self::get), but gives up after `timeout` with
+    /// `DEADLINE_EXCEEDED`.
+    pub async fn get_timeout(&self, pattern: &str, timeout: Duration) -> Result<Vec<Service>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.get_inner(pattern, Some(deadline)).await
+    }
+
+    async fn get_inner(
+        &self,
+        pattern: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Vec<Service>> {
+        let _: Pattern = pattern.parse()?;
+        loop {
+            let conn = self.conn().await?;
+            let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(Error::Status {
+                    code: tonic::Code::DeadlineExceeded,
+                    message: format!("no service matched {pattern:?} in time"),
+                });
+            }
+            let request = pb::GetRequest {
+                pattern: pattern.into(),
+                namespace: self.namespace(),
+                timeout_ms: left.map_or(0, |l| l.as_millis().max(1) as u64),
+                ..Default::default()
+            };
+            match conn.rpc.clone().get(request).await {
+                Ok(reply) => {
+                    return reply
+                        .into_inner()
+                        .services
+                        .into_iter()
+                        .map(|s| Ok(Service::try_from(s)?))
+                        .collect();
+                }
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    ) =>
+                {
+                    // The server went away mid-wait: wait on the next one.
+                    self.wait_for_new_conn(&conn).await?;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    /// Waits until the connection is another than `old`.
+    async fn wait_for_new_conn(&self, old: &Conn) -> Result<()> {
+        let mut rx = self.shared.conn.subscribe();
+        let mut closed = self.shared.closed.subscribe();
+        tokio::select! {
+            changed = changed_from(&mut rx, old) => changed,
+            _ = session::until_closed(&mut closed) => Err(Error::Closed),
+            // The same session may come back on the same server after a blip.
+            _ = tokio::time::sleep(self.shared.options.backoff_max) => Ok(()),
+        }
+    }
+
+    /// Watches the services matching `pattern`: the current ones, `Synced`,
+    /// then every change. The watch survives reconnects and failover,
+    /// resuming from the last revision seen; when the server cannot resume
+    /// it, the stream delivers `Reset` and a fresh snapshot.
+    pub fn watch(&self, pattern: &str) -> Result<WatchStream> {
+        let _: Pattern = pattern.parse()?;
+        Ok(watch::start(self.clone(), pattern.to_string()))
+    }
+
+    /// A local, always-current view of the services matching `pattern`,
+    /// answering lookups with no RPC.
+    pub async fn catalog(&self, pattern: &str) -> Result<Catalog> {
+        Catalog::start(self.watch(pattern)?).await
+    }
+
+    /// Ends the session (freeing its registrations) and stops the client.
+    pub async fn close(self) {
+        let _ = self.shared.closed.send(true);
+        let task = self
+            .life
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}

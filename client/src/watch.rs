@@ -1,0 +1,148 @@
+//! A watch that survives reconnects and failover.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use seaport::{Service, pb};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::Stream;
+
+use crate::{Error, Result, SeaportClient};
+
+/// What a watch event says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The service matched when the snapshot was taken.
+    Existing,
+    /// The snapshot is complete; live changes follow.
+    Synced,
+    /// The service was registered (or entered the watched set).
+    Registered,
+    /// The service's metadata changed.
+    Updated,
+    /// The service was freed (or left the watched set).
+    Freed,
+    /// Forget what you have: a fresh snapshot and `Synced` follow.
+    Reset,
+}
+
+/// One event of a watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The service concerned (none for `Synced` and `Reset`).
+    pub service: Option<Service>,
+    /// The registry revision of the change or snapshot.
+    pub revision: u64,
+}
+
+impl TryFrom<pb::WatchEvent> for Event {
+    type Error = Error;
+
+    fn try_from(e: pb::WatchEvent) -> Result<Self> {
+        use pb::watch_event::Kind;
+        let kind = match e.kind() {
+            Kind::Existing => EventKind::Existing,
+            Kind::Synced => EventKind::Synced,
+            Kind::Registered => EventKind::Registered,
+            Kind::Updated => EventKind::Updated,
+            Kind::Freed => EventKind::Freed,
+            Kind::Reset | Kind::Unspecified => EventKind::Reset,
+        };
+        Ok(Event {
+            kind,
+            service: e.service.map(Service::try_from).transpose()?,
+            revision: e.revision,
+        })
+    }
+}
+
+/// The events of one watch; ends only when the client closes or the pattern
+/// is refused. Dropping it stops the watch.
+pub struct WatchStream {
+    rx: mpsc::Receiver<Result<Event>>,
+    task: JoinHandle<()>,
+}
+
+impl Stream for WatchStream {
+    type Item = Result<Event>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub(crate) fn start(client: SeaportClient, pattern: String) -> WatchStream {
+    let (tx, rx) = mpsc::channel(256);
+    let task = tokio::spawn(follow(client, pattern, tx));
+    WatchStream { rx, task }
+}
+
+/// Keeps a Watch call open on the current server, resuming from the last
+/// revision seen. Revisions are per server, so after failover to another
+/// server the consumer is sent `Reset` and a fresh snapshot instead.
+async fn follow(client: SeaportClient, pattern: String, tx: mpsc::Sender<Result<Event>>) {
+    let mut since = 0u64;
+    let mut last_server: Option<String> = None;
+    loop {
+        let conn = match client.conn().await {
+            Ok(conn) => conn,
+            Err(Error::Closed) => return,
+            Err(_) => continue,
+        };
+        if last_server.as_ref().is_some_and(|s| *s != conn.server) {
+            since = 0;
+            let reset = Event {
+                kind: EventKind::Reset,
+                service: None,
+                revision: 0,
+            };
+            if tx.send(Ok(reset)).await.is_err() {
+                return;
+            }
+        }
+        last_server = Some(conn.server.clone());
+        let request = pb::WatchRequest {
+            pattern: pattern.clone(),
+            namespace: client.namespace(),
+            since_revision: since,
+            ..Default::default()
+        };
+        match conn.rpc.clone().watch(request).await {
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                let _ = tx.send(Err(status.into())).await;
+                return;
+            }
+            Err(_) => {}
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                while let Ok(Some(event)) = stream.message().await {
+                    let event = match Event::try_from(event) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    if !matches!(event.kind, EventKind::Existing | EventKind::Reset) {
+                        since = event.revision;
+                    }
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if client.wait_for_new_conn(&conn).await.is_err() {
+            return;
+        }
+    }
+}

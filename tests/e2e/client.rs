@@ -1,0 +1,358 @@
+//! SeaportClient against real servers: sessions that survive restarts,
+//! failover, watches, the catalog, bind.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use seaport_client::{ClientEvent, Error, EventKind, RegisterOptions, SeaportClient, WatchStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Code;
+
+use crate::harness::*;
+
+async fn client_for(addresses: &[std::net::SocketAddr]) -> SeaportClient {
+    addresses
+        .iter()
+        .fold(SeaportClient::builder(), |b, a| b.endpoint(a.to_string()))
+        .ttl(Duration::from_secs(5))
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// The next item of a stream, within the test's patience.
+async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
+    tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("an item in time")
+        .expect("stream open")
+}
+
+async fn until_event(
+    events: &mut (impl Stream<Item = ClientEvent> + Unpin),
+    want: impl Fn(&ClientEvent) -> bool,
+) -> ClientEvent {
+    loop {
+        let e = next(events).await;
+        if want(&e) {
+            return e;
+        }
+    }
+}
+
+async fn snapshot(watch: &mut WatchStream) -> Vec<seaport_client::Service> {
+    let mut services = Vec::new();
+    loop {
+        let e = next(watch).await.unwrap();
+        match e.kind {
+            EventKind::Existing => services.push(e.service.unwrap()),
+            EventKind::Synced => return services,
+            EventKind::Reset => services.clear(),
+            other => panic!("unexpected {other:?} in a snapshot"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn register_query_get_update_and_free() {
+    let server = TestServer::start().await;
+    let client = client_for(&[server.addr]).await;
+    let reg = client
+        .register("web@1.2.3", RegisterOptions::default().meta("zone", "a"))
+        .await
+        .unwrap();
+    assert!(reg.port() >= 10000);
+    assert_eq!(reg.host(), "127.0.0.1");
+    let other = client_for(&[server.addr]).await;
+    let found = other.get("web@1.2.x").await.unwrap();
+    assert_eq!(found[0].id, reg.id());
+    assert_eq!(found[0].metadata["zone"], "a");
+    assert!(other.query("web@2.x").await.unwrap().is_empty());
+
+    let updated = client
+        .update(
+            reg.id(),
+            BTreeMap::from([("zone".into(), "b".into())]),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.metadata["zone"], "b");
+    reg.free().await.unwrap();
+    assert!(other.query("web").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn errors_keep_the_servers_code_and_message() {
+    let server = TestServer::start().await;
+    let client = client_for(&[server.addr]).await;
+    let e = client.query("web@1.2.3.4").await.unwrap_err();
+    assert!(matches!(e, Error::Role(_)), "caught before sending: {e}");
+    assert!(
+        e.to_string().contains("has more than three version parts"),
+        "{e}"
+    );
+
+    let reg = client
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    let clash = client
+        .register("api@1.0.0", RegisterOptions::default().port(reg.port()))
+        .await
+        .unwrap_err();
+    assert_eq!(clash.code(), Some(Code::AlreadyExists));
+    assert!(
+        clash.to_string().contains("is held by web@1.0.0"),
+        "{clash}"
+    );
+
+    let timeout = client
+        .get_timeout("nobody", Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert_eq!(timeout.code(), Some(Code::DeadlineExceeded));
+}
+
+#[tokio::test]
+async fn connect_fails_clearly_when_no_server_answers() {
+    let unused = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let result = SeaportClient::builder()
+        .endpoint(unused.to_string())
+        .connect_timeout(Duration::from_millis(300))
+        .connect()
+        .await;
+    let e = result.err().expect("no server there");
+    assert!(
+        e.to_string()
+            .contains(&format!("no Seaport server reachable at {unused}")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn after_a_restart_the_client_reasserts_only_its_own_registrations() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let client = client_for(&[addr]).await;
+    let mut events = client.events();
+    let web = client
+        .register("web@1.2.3", RegisterOptions::default().meta("zone", "a"))
+        .await
+        .unwrap();
+    let gone = client_for(&[addr]).await;
+    gone.register("old@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    gone.close().await;
+
+    server.stop().await;
+    let server = TestServer::start_on(addr, test_config()).await;
+    until_event(&mut events, |e| *e == ClientEvent::SessionLost).await;
+    assert_eq!(
+        until_event(&mut events, |e| matches!(e, ClientEvent::Reasserted { .. })).await,
+        ClientEvent::Reasserted { count: 1 }
+    );
+
+    let mut raw = server.client().await;
+    let back = query(&mut raw, "web").await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (
+            back[0].id.as_str(),
+            back[0].port,
+            back[0].metadata["zone"].as_str()
+        ),
+        (web.id(), u32::from(web.port()), "a")
+    );
+    assert!(
+        query(&mut raw, "old").await.is_empty(),
+        "nothing the client did not register itself comes back"
+    );
+}
+
+#[tokio::test]
+async fn the_client_fails_over_to_the_next_server() {
+    let a = TestServer::start().await;
+    let b = TestServer::start().await;
+    let client = client_for(&[a.addr, b.addr]).await;
+    assert_eq!(client.server(), Some(a.addr.to_string()));
+    let mut events = client.events();
+    let web = client
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+
+    a.stop().await;
+    let connected = until_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
+    assert!(
+        matches!(connected, ClientEvent::Connected { ref server, .. } if *server == b.addr.to_string()),
+        "{connected:?}"
+    );
+    let mut raw = b.client().await;
+    eventually("the registration re-asserted on b", || {
+        let mut raw = raw.clone();
+        async move { query(&mut raw, "web").await.len() == 1 }
+    })
+    .await;
+    assert_eq!(query(&mut raw, "web").await[0].port, u32::from(web.port()));
+}
+
+#[tokio::test]
+async fn the_client_fails_over_to_servers_it_learned_from_seaport_registrations() {
+    let a = TestServer::start().await;
+    let b = TestServer::start().await;
+    // An operator tells a about b, as seaportd tells about itself.
+    let mut raw_a = a.client().await;
+    let s = open(&mut raw_a, 0).await;
+    let b_entry = seaport::pb::RegisterRequest {
+        host: "127.0.0.1".into(),
+        port: u32::from(b.addr.port()),
+        ..register_request(&s, "seaport@0.1.0")
+    };
+    register_with(&mut raw_a, b_entry).await;
+
+    let client = client_for(&[a.addr]).await;
+    let mut events = client.events();
+    a.stop().await;
+    let connected = until_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
+    assert!(
+        matches!(connected, ClientEvent::Connected { ref server, .. } if *server == b.addr.to_string()),
+        "{connected:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_survives_a_restart_and_is_reset() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let client = client_for(&[addr]).await;
+    let mut watch = client.watch("web").unwrap();
+    assert!(snapshot(&mut watch).await.is_empty());
+    let web = client
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    let e = next(&mut watch).await.unwrap();
+    assert_eq!(
+        (e.kind, e.service.unwrap().id),
+        (EventKind::Registered, web.id().to_string())
+    );
+
+    server.stop().await;
+    let _server = TestServer::start_on(addr, test_config()).await;
+    // The restarted server cannot resume the watch: the client passes on
+    // its RESET, then the snapshot (with the re-asserted service, now or soon).
+    loop {
+        let e = next(&mut watch).await.unwrap();
+        if e.kind == EventKind::Reset {
+            break;
+        }
+    }
+    let mut seen = snapshot(&mut watch)
+        .await
+        .into_iter()
+        .map(|s| s.id)
+        .collect::<Vec<_>>();
+    while seen.is_empty() {
+        let e = next(&mut watch).await.unwrap();
+        if e.kind == EventKind::Registered {
+            seen.push(e.service.unwrap().id);
+        }
+    }
+    assert_eq!(seen, [web.id().to_string()]);
+}
+
+#[tokio::test]
+async fn a_watch_with_a_bad_pattern_is_refused_at_once() {
+    let server = TestServer::start().await;
+    let client = client_for(&[server.addr]).await;
+    let e = client.watch("web@>>1").err().expect("refused");
+    assert!(e.to_string().contains("has two operators"), "{e}");
+}
+
+#[tokio::test]
+async fn the_catalog_answers_locally_and_balances() {
+    let server = TestServer::start().await;
+    let client = client_for(&[server.addr]).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            client
+                .register("web@1.0.0", RegisterOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let catalog = client.catalog("web@1.x").await.unwrap();
+    assert_eq!(catalog.len(), 3);
+    let picks: std::collections::HashSet<_> = (0..3).map(|_| catalog.pick().unwrap().id).collect();
+    assert_eq!(picks.len(), 3, "round robin visits every instance");
+    let failed = ids[0].id().to_string();
+    for _ in 0..6 {
+        assert_ne!(catalog.pick_excluding(&[&failed]).unwrap().id, failed);
+    }
+    assert!(catalog.pick_random().is_some());
+
+    ids.remove(0).free().await.unwrap();
+    eventually("the catalog to drop the freed instance", || {
+        let n = catalog.len();
+        async move { n == 2 }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bind_skips_a_port_taken_outside_the_registry() {
+    let squatter = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let mut config = test_config();
+    config.limits.port_range = taken..=taken + 1;
+    let server = TestServer::start_with(config).await;
+    let client = client_for(&[server.addr]).await;
+    let (listener, reg) = client
+        .bind("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(reg.port(), taken + 1);
+    assert_eq!(listener.local_addr().unwrap().port(), taken + 1);
+    let mut raw = server.client().await;
+    let web = query(&mut raw, "web").await;
+    assert_eq!(web.len(), 1, "the registration on the taken port was freed");
+}
+
+#[tokio::test]
+async fn a_guard_frees_its_registration_when_dropped() {
+    let server = TestServer::start().await;
+    let client = client_for(&[server.addr]).await;
+    let guard = client
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap()
+        .free_on_drop();
+    assert_eq!(guard.registration().service().name, "web");
+    drop(guard);
+    eventually("the guarded registration to be freed", || {
+        let client = client.clone();
+        async move { client.query("web").await.unwrap().is_empty() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn closing_the_client_ends_its_session() {
+    let server = TestServer::start().await;
+    let client = client_for(&[server.addr]).await;
+    client
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    client.close().await;
+    let mut raw = server.client().await;
+    assert!(query(&mut raw, "web").await.is_empty());
+}
