@@ -136,20 +136,28 @@ async fn connect_fails_clearly_when_no_server_answers() {
 }
 
 #[tokio::test]
-async fn after_a_restart_the_client_reasserts_only_its_own_registrations() {
+async fn after_a_restart_every_client_reasserts_only_its_own_registrations() {
     let server = TestServer::start().await;
     let addr = server.addr;
-    let client = client_for(&[addr]).await;
-    let mut events = client.events();
-    let web = client
+    let first = client_for(&[addr]).await;
+    let second = client_for(&[addr]).await;
+    let watcher = client_for(&[addr]).await;
+    let mut events = first.events();
+    let a = first
         .register("web@1.2.3", RegisterOptions::default().meta("zone", "a"))
         .await
         .unwrap();
+    let b = second
+        .register("web@1.3.0", RegisterOptions::default())
+        .await
+        .unwrap();
     let gone = client_for(&[addr]).await;
-    gone.register("old@1.0.0", RegisterOptions::default())
+    gone.register("web@0.9.0", RegisterOptions::default())
         .await
         .unwrap();
     gone.close().await;
+    let mut watch = watcher.watch("web").unwrap();
+    assert_eq!(snapshot(&mut watch).await.len(), 2);
 
     server.stop().await;
     let server = TestServer::start_on(addr, test_config()).await;
@@ -159,20 +167,95 @@ async fn after_a_restart_the_client_reasserts_only_its_own_registrations() {
         ClientEvent::Reasserted { count: 1 }
     );
 
+    // The watcher is reset and sees both registrations again, whenever each
+    // client gets to re-assert.
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let e = next(&mut watch).await.unwrap();
+        match e.kind {
+            EventKind::Reset => seen.clear(),
+            EventKind::Existing | EventKind::Registered => {
+                seen.insert(e.service.unwrap().id);
+            }
+            _ => {}
+        }
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen, [a.id().to_string(), b.id().to_string()].into());
+
     let mut raw = server.client().await;
     let back = query(&mut raw, "web").await;
-    assert_eq!(back.len(), 1);
+    let mut found: Vec<_> = back.iter().map(|s| (s.id.clone(), s.port)).collect();
+    found.sort();
+    let mut want = vec![
+        (a.id().to_string(), u32::from(a.port())),
+        (b.id().to_string(), u32::from(b.port())),
+    ];
+    want.sort();
     assert_eq!(
-        (
-            back[0].id.as_str(),
-            back[0].port,
-            back[0].metadata["zone"].as_str()
-        ),
-        (web.id(), u32::from(web.port()), "a")
+        found, want,
+        "same ids and ports; nothing of the client that exited"
+    );
+    assert_eq!(
+        back.iter().find(|s| s.id == a.id()).unwrap().metadata["zone"],
+        "a"
+    );
+}
+
+#[tokio::test]
+async fn a_network_cut_shorter_than_the_ttl_loses_nothing_and_frees_nothing() {
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(server.addr).await;
+    let watcher = client_for(&[server.addr]).await;
+    let mut watch = watcher.watch("web").unwrap();
+    assert!(snapshot(&mut watch).await.is_empty());
+    let client = client_for(&[proxy.addr]).await;
+    let mut events = client.events();
+    let first = client
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut watch).await.unwrap().kind, EventKind::Registered);
+
+    proxy.cut();
+    let mut seen = Vec::new();
+    loop {
+        let e = next(&mut events).await;
+        let done = matches!(e, ClientEvent::Connected { .. });
+        seen.push(e);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        matches!(seen[0], ClientEvent::Disconnected { .. }),
+        "{seen:?}"
     );
     assert!(
-        query(&mut raw, "old").await.is_empty(),
-        "nothing the client did not register itself comes back"
+        !seen.contains(&ClientEvent::SessionLost),
+        "the session was resumed: {seen:?}"
+    );
+
+    // The next event the watcher sees is this one: no free came before it.
+    let second = client
+        .register("web@2.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    let e = next(&mut watch).await.unwrap();
+    assert_eq!(
+        (e.kind, e.service.unwrap().id),
+        (EventKind::Registered, second.id().to_string())
+    );
+    assert_eq!(client.query("web").await.unwrap().len(), 2);
+    assert!(
+        client
+            .query("web")
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.id == first.id())
     );
 }
 
@@ -299,6 +382,24 @@ async fn the_catalog_answers_locally_and_balances() {
     }
     assert!(catalog.pick_random().is_some());
 
+    let updated = ids[1].id().to_string();
+    client
+        .update(
+            &updated,
+            BTreeMap::from([("zone".into(), "b".into())]),
+            false,
+        )
+        .await
+        .unwrap();
+    eventually("the catalog to follow the update", || {
+        let zone = catalog
+            .services()
+            .into_iter()
+            .find(|s| s.id == updated)
+            .and_then(|s| s.metadata.get("zone").cloned());
+        async move { zone.as_deref() == Some("b") }
+    })
+    .await;
     ids.remove(0).free().await.unwrap();
     eventually("the catalog to drop the freed instance", || {
         let n = catalog.len();
@@ -355,4 +456,23 @@ async fn closing_the_client_ends_its_session() {
     client.close().await;
     let mut raw = server.client().await;
     assert!(query(&mut raw, "web").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_get_started_before_the_register_resolves_when_it_happens() {
+    let server = TestServer::start().await;
+    let client = client_for(&[server.addr]).await;
+    let waiter = client_for(&[server.addr]).await;
+    let get = tokio::spawn(async move { waiter.get("web@1.2.x").await });
+    tokio::task::yield_now().await;
+    let web = client
+        .register("web@1.2.9", RegisterOptions::default())
+        .await
+        .unwrap();
+    let found = tokio::time::timeout(PATIENCE, get)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(found[0].id, web.id());
 }
