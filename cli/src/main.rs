@@ -1,0 +1,373 @@
+//! seaportctl: the Seaport command line, a thin layer over `SeaportClient`.
+
+mod output;
+mod supervise;
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{CommandFactory, Parser, Subcommand};
+use seaport_client::{Error, RegisterOptions, SeaportClient};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+use output::Format;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  health: the server is not SERVING
+  2  usage error: a bad flag, role, pattern or duration
+  3  the server refused the request (its message says why)
+  4  timed out (get --timeout)
+  5  no server reachable
+  register -- COMMAND exits with COMMAND's own exit code";
+
+/// Seaport's command line: register services, find them, wait for them, watch them.
+#[derive(Parser, Debug)]
+#[command(name = "seaportctl", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Registry server address; repeat for failover.
+    #[arg(
+        short,
+        long = "server",
+        global = true,
+        env = "SEAPORT_SERVER",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:9090"
+    )]
+    servers: Vec<String>,
+    /// Namespace to register and look in.
+    #[arg(long, global = true, env = "SEAPORT_NAMESPACE", default_value = "")]
+    namespace: String,
+    /// Output format.
+    #[arg(short, long, global = true, env = "SEAPORT_OUTPUT", value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Register NAME@VERSION: run COMMAND on an assigned port (appended as its last argument and set in PORT),
+    /// restarting it when it exits; or, with --port and no COMMAND, register an existing service.
+    Register {
+        /// The role, `name@1.2.3` or `name`.
+        role: String,
+        /// Port to register (default: one the registry assigns).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Host to register (default: the address the server sees).
+        #[arg(long)]
+        host: Option<String>,
+        /// Metadata, KEY=VALUE; repeatable.
+        #[arg(long = "meta", value_parser = parse_meta)]
+        meta: Vec<(String, String)>,
+        /// Registration id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        /// Stop restarting COMMAND after this many restarts.
+        #[arg(long)]
+        max_restarts: Option<u32>,
+        /// Existing service: free the registration while the port refuses TCP connections.
+        #[arg(long, value_enum)]
+        check: Option<Check>,
+        /// How often --check probes the port.
+        #[arg(long, default_value = "2s", value_parser = seaport::parse_duration)]
+        check_interval: Duration,
+        /// The command to run, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Print the services matching PATTERN (`name`, `name@range`, or nothing for all).
+    Query {
+        /// `name` or `name@range`.
+        #[arg(default_value = "")]
+        pattern: String,
+        /// Print only host:port, one per line (with -o json, a JSON array).
+        #[arg(long)]
+        addresses: bool,
+    },
+    /// Wait until something matches PATTERN, print it and exit 0.
+    Get {
+        /// `name` or `name@range`.
+        pattern: String,
+        /// Give up after this long (500ms, 5s, 2m) with exit code 4.
+        #[arg(long, value_parser = seaport::parse_duration)]
+        timeout: Option<Duration>,
+        /// Print only host:port.
+        #[arg(long)]
+        addresses: bool,
+    },
+    /// Print one line per register, update and free as they happen, starting with the current services.
+    Watch {
+        /// `name` or `name@range`; nothing watches everything.
+        #[arg(default_value = "")]
+        pattern: String,
+        /// Add metadata to each line.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Print every service, grouped by name and version.
+    Show,
+    /// Check the server's grpc.health.v1 status: exit 0 when SERVING.
+    Health {
+        /// The service to check ("" is the whole server).
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Health checks of an existing service.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Check {
+    /// The port accepts TCP connections.
+    Tcp,
+}
+
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+/// A failed command: what to print and the exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    pub(crate) fn other(message: String) -> Self {
+        Failure { code: 1, message }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Role(_) => 2,
+            Error::Status {
+                code: Code::DeadlineExceeded,
+                ..
+            } => 4,
+            Error::Status { .. } | Error::Convert(_) | Error::Bind { .. } => 3,
+            Error::Unavailable(_) | Error::Transport(_) | Error::Closed => 5,
+        };
+        let message = match &e {
+            Error::Unavailable(addresses) => {
+                format!(
+                    "no Seaport server reachable at {addresses}; start one with `seaportd --listen ADDRESS` or pass --server"
+                )
+            }
+            other => other.to_string(),
+        };
+        Failure { code, message }
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<SeaportClient, Failure> {
+    let builder = cli
+        .servers
+        .iter()
+        .fold(SeaportClient::builder(), |b, s| b.endpoint(s.clone()));
+    Ok(builder
+        .namespace(cli.namespace.clone())
+        .client_name("seaportctl")
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await?)
+}
+
+/// Refuses a malformed pattern before any connection is made.
+fn check_pattern(pattern: &str) -> Result<(), Failure> {
+    pattern
+        .parse::<seaport::Pattern>()
+        .map(|_| ())
+        .map_err(|e| Error::Role(e).into())
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    match &cli.command {
+        Command::Query { pattern, .. }
+        | Command::Get { pattern, .. }
+        | Command::Watch { pattern, .. } => check_pattern(pattern)?,
+        Command::Register { role, .. } => {
+            role.parse::<seaport::Role>().map_err(Error::Role)?;
+        }
+        _ => {}
+    }
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "seaportctl",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Health { service } => health(&cli, service).await,
+        Command::Register {
+            role,
+            port,
+            host,
+            meta,
+            id,
+            max_restarts,
+            check,
+            check_interval,
+            command,
+        } => {
+            if command.is_empty() && port.is_none() {
+                return Err(Failure {
+                    code: 2,
+                    message: "give a COMMAND after `--` to run, or --port of an existing service"
+                        .into(),
+                });
+            }
+            let mut options = RegisterOptions {
+                metadata: meta.iter().cloned().collect(),
+                ..RegisterOptions::default()
+            };
+            options.port = *port;
+            options.host = host.clone();
+            options.id = id.clone();
+            let client = connect(&cli).await?;
+            let registration = client.register(role, options.clone()).await?;
+            eprintln!(
+                "seaportctl: registered {role} at {} (id {})",
+                registration.service().address(),
+                registration.id()
+            );
+            let code = if command.is_empty() {
+                let probe = check.map(|Check::Tcp| {
+                    (
+                        host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                        *check_interval,
+                    )
+                });
+                supervise::hold_existing(&client, role, options, registration, probe).await?;
+                0
+            } else {
+                supervise::run_command(&registration, command, *max_restarts).await?
+            };
+            client.close().await;
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+        Command::Query { pattern, addresses } => {
+            let client = connect(&cli).await?;
+            let found = client.query(pattern).await?;
+            println!("{}", output::services(&found, cli.output, *addresses));
+            client.close().await;
+            Ok(0)
+        }
+        Command::Get {
+            pattern,
+            timeout,
+            addresses,
+        } => {
+            let client = connect(&cli).await?;
+            let found = match timeout {
+                Some(t) => client
+                    .get_timeout(pattern, *t)
+                    .await
+                    .map_err(|e| match e.code() {
+                        Some(Code::DeadlineExceeded) => Failure {
+                            code: 4,
+                            message: format!(
+                                "nothing matched {pattern:?} within {}ms",
+                                t.as_millis()
+                            ),
+                        },
+                        _ => e.into(),
+                    })?,
+                None => client.get(pattern).await?,
+            };
+            println!("{}", output::services(&found, cli.output, *addresses));
+            client.close().await;
+            Ok(0)
+        }
+        Command::Watch { pattern, verbose } => {
+            let client = connect(&cli).await?;
+            let mut events = client.watch(pattern)?;
+            while let Some(event) = events.next().await {
+                let event = event?;
+                if event.kind == seaport_client::EventKind::Synced {
+                    continue;
+                }
+                println!(
+                    "{}",
+                    output::event_line(&event, cli.output, *verbose, SystemTime::now())
+                );
+            }
+            Ok(0)
+        }
+        Command::Show => {
+            let client = connect(&cli).await?;
+            let found = client.query("").await?;
+            match cli.output {
+                Format::Table => println!("{}", output::grouped(&found)),
+                Format::Json => println!("{}", output::services(&found, Format::Json, false)),
+            }
+            client.close().await;
+            Ok(0)
+        }
+    }
+}
+
+/// grpc.health.v1 Check against the first server.
+async fn health(cli: &Cli, service: &str) -> Result<u8, Failure> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let address = &cli.servers[0];
+    let unreachable = |e: &dyn std::fmt::Display| Failure {
+        code: 5,
+        message: format!(
+            "no Seaport server reachable at {address} ({e}); start one with `seaportd --listen {address}`"
+        ),
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| Failure {
+            code: 2,
+            message: format!("--server {address:?}: {e}"),
+        })?
+        .connect_timeout(Duration::from_secs(2));
+    let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|s| Failure {
+            code: 3,
+            message: format!("health check of {service:?}: {}", s.message()),
+        })?;
+    let status = reply.into_inner().status();
+    println!("{}", status.as_str_name());
+    Ok(if status == ServingStatus::Serving {
+        0
+    } else {
+        1
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("seaportctl: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! `seaportctl register`: keeps a registration alive while a command runs
+//! (restarting the command when it exits), or while an existing service
+//! keeps accepting connections.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use seaport_client::{RegisterOptions, Registration, SeaportClient};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::Failure;
+
+/// First pause before restarting a command that exited.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause between restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A run this long resets the backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// How long a child has to exit after a forwarded signal.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// SIGINT or SIGTERM, whichever comes first.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, Failure> {
+        let install =
+            |kind| signal(kind).map_err(|e| Failure::other(format!("cannot handle signals: {e}")));
+        Ok(Signals {
+            int: install(SignalKind::interrupt())?,
+            term: install(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::SIGINT,
+            _ = self.term.recv() => Signal::SIGTERM,
+        }
+    }
+}
+
+/// The exit code a shell would report for `status`.
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+async fn stop_child(child: &mut Child, sig: Signal) -> i32 {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), sig);
+    }
+    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+        Ok(Ok(status)) => exit_code(status),
+        _ => {
+            let _ = child.kill().await;
+            128 + Signal::SIGKILL as i32
+        }
+    }
+}
+
+/// Runs `command` with the port appended and in PORT, restarting it when
+/// it exits, until a signal (forwarded to it) or `max_restarts`. Returns
+/// the child's exit code; the caller closes the session, freeing the port.
+pub(crate) async fn run_command(
+    registration: &Registration,
+    command: &[String],
+    max_restarts: Option<u32>,
+) -> Result<i32, Failure> {
+    let mut signals = Signals::new()?;
+    let port = registration.port().to_string();
+    let mut restarts = 0;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let mut child = Command::new(&command[0])
+            .args(&command[1..])
+            .arg(&port)
+            .env("PORT", &port)
+            .spawn()
+            .map_err(|e| Failure::other(format!("cannot run {:?}: {e}", command[0])))?;
+        let started = tokio::time::Instant::now();
+        let status = tokio::select! {
+            status = child.wait() => status.map_err(|e| Failure::other(format!("waiting for {:?}: {e}", command[0])))?,
+            sig = signals.recv() => return Ok(stop_child(&mut child, sig).await),
+        };
+        let code = exit_code(status);
+        if max_restarts.is_some_and(|max| restarts >= max) {
+            eprintln!(
+                "seaportctl: {:?} exited with code {code}; restart limit reached",
+                command[0]
+            );
+            return Ok(code);
+        }
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff = FIRST_BACKOFF;
+        }
+        eprintln!(
+            "seaportctl: {:?} exited with code {code}; restarting in {}ms",
+            command[0],
+            backoff.as_millis()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = signals.recv() => return Ok(code),
+        }
+        restarts += 1;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Holds the registration of an existing service until a signal. With a
+/// TCP check, frees it while the port refuses connections and registers it
+/// again (same id and port) when it accepts again.
+pub(crate) async fn hold_existing(
+    client: &SeaportClient,
+    role: &str,
+    options: RegisterOptions,
+    registration: Registration,
+    check: Option<(String, Duration)>,
+) -> Result<(), Failure> {
+    let mut signals = Signals::new()?;
+    let Some((host, interval)) = check else {
+        signals.recv().await;
+        return Ok(());
+    };
+    let id = registration.id().to_string();
+    let port = registration.port();
+    let mut registered = true;
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = signals.recv() => return Ok(()),
+        }
+        let up = matches!(
+            tokio::time::timeout(
+                interval,
+                tokio::net::TcpStream::connect((host.as_str(), port))
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if up && !registered {
+            client
+                .register(role, options.clone().id(id.clone()).port(port))
+                .await?;
+            eprintln!("seaportctl: {host}:{port} accepts connections again; registered");
+            registered = true;
+        } else if !up && registered {
+            client.free(&id).await?;
+            eprintln!(
+                "seaportctl: {host}:{port} refuses connections; freed until it accepts again"
+            );
+            registered = false;
+        }
+    }
+}
