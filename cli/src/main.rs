@@ -1,8 +1,10 @@
 //! seaportctl: the Seaport command line, a thin layer over `SeaportClient`.
 
+mod certs;
 mod output;
 mod supervise;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -40,6 +42,15 @@ struct Cli {
     /// Namespace to register and look in.
     #[arg(long, global = true, env = "SEAPORT_NAMESPACE", default_value = "")]
     namespace: String,
+    /// CA certificate (PEM) that signs the server's certificate: speak TLS.
+    #[arg(long, global = true, env = "SEAPORT_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(long, global = true, env = "SEAPORT_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM) for --cert.
+    #[arg(long, global = true, env = "SEAPORT_KEY", requires = "cert")]
+    key: Option<PathBuf>,
     /// Output format.
     #[arg(short, long, global = true, env = "SEAPORT_OUTPUT", value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -110,6 +121,25 @@ enum Command {
     },
     /// Print every service, grouped by name and version.
     Show,
+    /// Free a registration by id (its owner's identity, or an admin's, under mTLS).
+    Free {
+        /// The registration's id.
+        id: String,
+    },
+    /// Change a registration's metadata (its owner's identity, under mTLS).
+    Update {
+        /// The registration's id.
+        id: String,
+        /// Metadata, KEY=VALUE; repeatable.
+        #[arg(long = "meta", value_parser = parse_meta, required = true)]
+        meta: Vec<(String, String)>,
+        /// Merge into the existing metadata instead of replacing it.
+        #[arg(long)]
+        merge: bool,
+    },
+    /// Development certificates.
+    #[command(subcommand)]
+    Certs(Certs),
     /// Check the server's grpc.health.v1 status: exit 0 when SERVING.
     Health {
         /// The service to check ("" is the whole server).
@@ -120,6 +150,22 @@ enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `seaportctl certs ...`
+#[derive(Subcommand, Debug)]
+enum Certs {
+    /// Write a development CA, a server certificate and client certificates into DIR.
+    Init {
+        /// Directory to write into (must not hold a CA yet).
+        dir: PathBuf,
+        /// Extra DNS names or addresses for the server certificate (localhost, 127.0.0.1 and ::1 are always in).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// A client certificate to make, for this identity; repeatable.
+        #[arg(long = "client")]
+        clients: Vec<String>,
     },
 }
 
@@ -173,11 +219,38 @@ impl From<Error> for Failure {
     }
 }
 
+fn read(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| Failure {
+        code: 2,
+        message: format!("{flag} {}: {e}", path.display()),
+    })
+}
+
+/// PEM from --ca, and from --cert and --key.
+type TlsPems = (Option<Vec<u8>>, Option<(Vec<u8>, Vec<u8>)>);
+
+/// The TLS settings from --ca, --cert and --key.
+fn tls(cli: &Cli) -> Result<TlsPems, Failure> {
+    let ca = cli.ca.as_deref().map(|p| read(p, "--ca")).transpose()?;
+    let identity = match (&cli.cert, &cli.key) {
+        (Some(cert), Some(key)) => Some((read(cert, "--cert")?, read(key, "--key")?)),
+        _ => None,
+    };
+    Ok((ca, identity))
+}
+
 async fn connect(cli: &Cli) -> Result<SeaportClient, Failure> {
-    let builder = cli
+    let mut builder = cli
         .servers
         .iter()
         .fold(SeaportClient::builder(), |b, s| b.endpoint(s.clone()));
+    let (ca, identity) = tls(cli)?;
+    if let Some(ca) = ca {
+        builder = builder.ca_pem(ca);
+    }
+    if let Some((cert, key)) = identity {
+        builder = builder.identity_pem(cert, key);
+    }
     Ok(builder
         .namespace(cli.namespace.clone())
         .client_name("seaportctl")
@@ -310,6 +383,41 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        Command::Certs(Certs::Init {
+            dir,
+            server_names,
+            clients,
+        }) => {
+            for path in certs::init(dir, server_names, clients)? {
+                println!("wrote {}", path.display());
+            }
+            let d = dir.display();
+            println!(
+                "\nstart the registry with mTLS:\n  seaportd --tls-cert {d}/server.pem --tls-key {d}/server-key.pem --client-ca {d}/ca.pem"
+            );
+            if let Some(client) = clients.first() {
+                println!(
+                    "and talk to it as {client}:\n  seaportctl --ca {d}/ca.pem --cert {d}/client-{client}.pem --key {d}/client-{client}-key.pem query"
+                );
+            }
+            Ok(0)
+        }
+        Command::Free { id } => {
+            let client = connect(&cli).await?;
+            let freed = client.free(id).await?;
+            println!("freed {} {} {}", freed.role(), freed.address(), freed.id);
+            client.close().await;
+            Ok(0)
+        }
+        Command::Update { id, meta, merge } => {
+            let client = connect(&cli).await?;
+            let updated = client
+                .update(id, meta.iter().cloned().collect(), *merge)
+                .await?;
+            println!("{}", output::services(&[updated], cli.output, false));
+            client.close().await;
+            Ok(0)
+        }
         Command::Show => {
             let client = connect(&cli).await?;
             let found = client.query("").await?;
@@ -335,12 +443,25 @@ async fn health(cli: &Cli, service: &str) -> Result<u8, Failure> {
             "no Seaport server reachable at {address} ({e}); start one with `seaportd --listen {address}`"
         ),
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+    let (ca, identity) = tls(cli)?;
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|e| Failure {
             code: 2,
             message: format!("--server {address:?}: {e}"),
         })?
         .connect_timeout(Duration::from_secs(2));
+    if let Some(ca) = ca {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((cert, key)) = identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(config).map_err(|e| Failure {
+            code: 2,
+            message: format!("TLS settings: {e}"),
+        })?;
+    }
     let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
     let reply = HealthClient::new(channel)
         .check(HealthCheckRequest {
@@ -362,6 +483,8 @@ async fn health(cli: &Cli, service: &str) -> Result<u8, Failure> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // One crypto provider, chosen explicitly: see DESIGN's note on rustls.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => ExitCode::from(code),

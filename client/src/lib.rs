@@ -91,6 +91,15 @@ pub struct Options {
     request_timeout: Duration,
     backoff_base: Duration,
     backoff_max: Duration,
+    tls: Option<Tls>,
+}
+
+/// TLS settings: the CA that signs the server's certificate and, for mTLS,
+/// this client's certificate and key (all PEM).
+#[derive(Clone, Debug, Default)]
+struct Tls {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Default for Options {
@@ -103,6 +112,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(10),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -156,6 +166,23 @@ impl Builder {
     pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.options.backoff_base = base;
         self.options.backoff_max = max;
+        self
+    }
+
+    /// Speaks TLS, trusting the CA in `ca_pem` for the server's certificate.
+    pub fn ca_pem(mut self, ca_pem: impl Into<Vec<u8>>) -> Self {
+        self.options.tls.get_or_insert_with(Tls::default).ca = Some(ca_pem.into());
+        self
+    }
+
+    /// Presents this client certificate and key (mTLS); implies TLS.
+    pub fn identity_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.options.tls.get_or_insert_with(Tls::default).identity =
+            Some((cert_pem.into(), key_pem.into()));
         self
     }
 

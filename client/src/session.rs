@@ -13,7 +13,7 @@ use seaport::pb::{
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::{ClientEvent, Options};
@@ -177,12 +177,38 @@ fn failed(reason: impl ToString, was_up: bool) -> Ended {
     }
 }
 
+/// The endpoint for `server`, with TLS when configured.
+fn endpoint(options: &Options, server: &str) -> Result<Endpoint, String> {
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{server}"))
+        .map_err(|e| format!("bad address {server:?}: {e}"))?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true);
+    let Some(tls) = &options.tls else {
+        return Ok(endpoint);
+    };
+    let mut config = ClientTlsConfig::new();
+    if let Some(ca) = &tls.ca {
+        config = config.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = &tls.identity {
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    endpoint
+        .tls_config(config)
+        .map_err(|e| format!("TLS settings: {e}"))
+}
+
 /// Connects to `server`, opens or resumes the session and keeps it alive.
 async fn hold(shared: &Shared, server: &str, session: &mut Option<String>) -> Ended {
     let options = &shared.options;
-    let endpoint = match Endpoint::from_shared(format!("http://{server}")) {
-        Ok(e) => e.connect_timeout(options.connect_timeout).tcp_nodelay(true),
-        Err(e) => return failed(format!("bad address {server:?}: {e}"), false),
+    let endpoint = match endpoint(options, server) {
+        Ok(e) => e,
+        Err(e) => return failed(e, false),
     };
     let channel = match tokio::time::timeout(options.connect_timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => channel,

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use crate::registry::Limits;
+use crate::tls::TlsFiles;
 
 /// Everything `run` needs besides the listener.
 #[derive(Clone, Debug)]
@@ -18,6 +21,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// HTTP/2 streams one connection may hold (watches are streams).
     pub max_concurrent_streams: u32,
+    /// TLS (and, with a client CA, mTLS) for the main port.
+    pub tls: Option<TlsFiles>,
+    /// Policy file: who may register which names, who is admin.
+    pub policy: Option<PathBuf>,
+    /// Under mTLS, refuse reads without a client certificate too.
+    pub require_client_cert_for_reads: bool,
 }
 
 impl Default for Config {
@@ -28,6 +37,9 @@ impl Default for Config {
             drain_delay: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             max_concurrent_streams: 16_384,
+            tls: None,
+            policy: None,
+            require_client_cert_for_reads: false,
         }
     }
 }

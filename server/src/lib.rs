@@ -2,11 +2,16 @@
 //! registry on a bound listener until a shutdown signal, for the binary and
 //! the tests alike.
 
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod registry;
+mod reload;
+pub mod tls;
 
 use std::future::Future;
+use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -32,6 +37,12 @@ pub enum ServerError {
     /// The server could not register itself.
     #[error("self-registration: {0}")]
     SelfRegistration(#[from] registry::RegistryError),
+    /// A TLS file could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The policy file could not be used.
+    #[error("policy: {0}")]
+    Policy(String),
 }
 
 /// The gRPC service name of the registry, as health checks name it.
@@ -46,7 +57,30 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    run_with_admin(listener, None, config, shutdown).await
+}
+
+/// `run`, also serving health in plaintext on `admin` (see [`admin`]).
+pub async fn run_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let local = listener.local_addr()?;
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(RwLock::new(files.load()?))),
+        None => None,
+    };
+    let policy = match &config.policy {
+        Some(path) => auth::Policy::load(path).map_err(ServerError::Policy)?,
+        None => auth::Policy::default(),
+    };
+    let auth = Arc::new(auth::Auth {
+        mtls: config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        require_cert_for_reads: config.require_client_cert_for_reads,
+        policy: RwLock::new(Arc::new(policy)),
+    });
     let (registry, _reaper) = Registry::new(config.limits.clone());
     register_self(&registry, &config, local)?;
 
@@ -55,6 +89,7 @@ pub async fn run(
     health
         .set_service_status(REGISTRY_SERVICE, ServingStatus::Serving)
         .await;
+    let (serving_tx, serving_rx) = tokio::sync::watch::channel(true);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(seaport::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -62,21 +97,49 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
+    if let Some(admin) = admin {
+        tracing::info!(admin = %admin.local_addr()?, "admin port serving health in plaintext");
+        tokio::spawn(admin::serve(
+            admin,
+            health_service.clone(),
+            serving_rx,
+            stop_rx.clone(),
+        ));
+    }
+    if tls.is_some() || config.policy.is_some() {
+        tokio::spawn(reload::watch(
+            config.clone(),
+            tls.clone(),
+            auth.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    let router = Server::builder()
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RegistryServer::new(RegistryService::new(
             registry.clone(),
+            auth,
             stop_rx,
-        )))
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = drain_rx.await;
-        });
-    tokio::pin!(server);
-    tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), "seaportd serving");
+        )));
+    let drained = async {
+        let _ = drain_rx.await;
+    };
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls {
+        Some(tls) => {
+            Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls), drained))
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, drained))
+        }
+    };
+    let mut server = server;
+    tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), tls = config.tls.is_some(), "seaportd serving");
 
     tokio::select! {
         result = &mut server => return Ok(result?),
@@ -89,6 +152,7 @@ pub async fn run(
     health
         .set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing)
         .await;
+    let _ = serving_tx.send(false);
     tokio::select! {
         result = &mut server => return Ok(result?),
         _ = tokio::time::sleep(config.drain_delay) => {}
@@ -118,12 +182,15 @@ fn register_self(
         None => local.ip().to_string(),
     };
     let session_id = registry.open_pinned_session(host);
-    registry.register(NewService {
-        session_id,
-        role: format!("seaport@{}", env!("CARGO_PKG_VERSION")),
-        port: u32::from(local.port()),
-        metadata: [("grpc".to_string(), REGISTRY_SERVICE.to_string())].into(),
-        ..Default::default()
-    })?;
+    registry.register(
+        NewService {
+            session_id,
+            role: format!("seaport@{}", env!("CARGO_PKG_VERSION")),
+            port: u32::from(local.port()),
+            metadata: [("grpc".to_string(), REGISTRY_SERVICE.to_string())].into(),
+            ..Default::default()
+        },
+        &registry::Actor::default(),
+    )?;
     Ok(())
 }

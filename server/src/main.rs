@@ -3,12 +3,13 @@
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, error::ErrorKind};
 use seaport::parse_duration;
-use seaport_server::{Config, registry::Limits};
+use seaport_server::{Config, registry::Limits, tls::TlsFiles};
 
 /// Seaport registry server: service registry and port assigner over gRPC.
 #[derive(Parser, Debug)]
@@ -66,6 +67,28 @@ struct Args {
     /// HTTP/2 streams one connection may hold (each watch is one).
     #[arg(long, env = "SEAPORT_MAX_CONCURRENT_STREAMS", default_value_t = 16_384)]
     max_concurrent_streams: u32,
+    /// PEM certificate chain for TLS on the main port.
+    #[arg(long, env = "SEAPORT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SEAPORT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle that signs client certificates: turns on mTLS (writes need a certificate).
+    #[arg(long, env = "SEAPORT_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// TOML policy: which identities may register which names, and who is admin.
+    #[arg(long, env = "SEAPORT_POLICY", requires = "client_ca")]
+    policy: Option<PathBuf>,
+    /// Under mTLS, refuse Query, Get and Watch without a client certificate too.
+    #[arg(
+        long,
+        env = "SEAPORT_REQUIRE_CLIENT_CERT_FOR_READS",
+        requires = "client_ca"
+    )]
+    require_client_cert_for_reads: bool,
+    /// Serve grpc.health.v1 and HTTP /healthz and /readyz in plaintext here (for probes).
+    #[arg(long, env = "SEAPORT_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "SEAPORT_LOG", default_value = "info")]
     log: String,
@@ -146,6 +169,13 @@ impl Args {
             drain_delay: self.drain_delay,
             shutdown_grace: self.shutdown_grace,
             max_concurrent_streams: self.max_concurrent_streams,
+            tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles {
+                cert,
+                key,
+                client_ca: self.client_ca,
+            }),
+            policy: self.policy,
+            require_client_cert_for_reads: self.require_client_cert_for_reads,
         })
     }
 }
@@ -172,19 +202,36 @@ async fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let listen = args.listen;
+    // One crypto provider, chosen explicitly: see DESIGN's note on rustls.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (listen, admin_listen) = (args.listen, args.admin_listen);
     let config = args.config().unwrap_or_else(|e| e.exit());
-    if !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "serving plaintext on a non-loopback address: anyone who can reach it may register and free services");
+    let mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if !listen.ip().is_loopback() && !mtls {
+        tracing::warn!(%listen, "no mTLS on a non-loopback address: anyone who can reach it may register and free services; \
+            enable it with --tls-cert, --tls-key and --client-ca (`seaportctl certs init DIR` makes a development CA)");
     }
-    let listener = match tokio::net::TcpListener::bind(listen).await {
+    let bind = |addr: SocketAddr, flag: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} ({flag}): {e}"))
+    };
+    let listeners = async {
+        let main = bind(listen, "--listen").await?;
+        let admin = match admin_listen {
+            Some(a) => Some(bind(a, "--admin-listen").await?),
+            None => None,
+        };
+        Ok::<_, String>((main, admin))
+    };
+    let (listener, admin) = match listeners.await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("seaportd: cannot listen on {listen} (--listen): {e}");
+            eprintln!("seaportd: {e}");
             return ExitCode::from(1);
         }
     };
-    match seaport_server::run(listener, config, shutdown_signal()).await {
+    match seaport_server::run_with_admin(listener, admin, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("seaportd: {e}");

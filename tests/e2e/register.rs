@@ -63,7 +63,7 @@ async fn free_by_id_and_its_errors() {
     assert_status(
         by_other,
         Code::PermissionDenied,
-        "only its owner may change or free it",
+        "belongs to another session; only its owner",
     );
     let unknown_session = client
         .free(pb::FreeRequest {

@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::status::{invalid, reject};
-use crate::registry::{Registry, SessionInfo};
+use crate::registry::{Actor, Registry, SessionInfo};
 
 /// How long a new stream may wait before sending `open` or `resume`.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,7 +40,7 @@ fn reply(kind: Out) -> Result<pb::HeartbeatResponse, Status> {
 pub(crate) async fn serve(
     registry: Registry,
     observed: String,
-    owner: String,
+    actor: Actor,
     mut inbound: Streaming<pb::HeartbeatRequest>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<HeartbeatStream, Status> {
@@ -56,14 +56,14 @@ pub(crate) async fn serve(
     let info: SessionInfo = match first.and_then(|m| m.kind) {
         Some(In::Open(open)) => {
             let ttl = (open.ttl_ms > 0).then(|| Duration::from_millis(open.ttl_ms));
-            let info = registry.open_session(ttl, observed, owner);
+            let info = registry.open_session(ttl, observed, actor.identity.clone());
             tracing::info!(session = %info.id, client = %open.client_name, host = %info.observed_host,
                 ttl_ms = info.ttl.as_millis() as u64, "session opened");
             info
         }
         Some(In::Resume(resume)) => {
             let info = registry
-                .resume_session(&resume.session_id)
+                .resume_session(&resume.session_id, &actor)
                 .map_err(|e| reject(RPC, e))?;
             tracing::info!(session = %info.id, "session resumed");
             info

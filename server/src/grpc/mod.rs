@@ -5,6 +5,7 @@ mod heartbeat;
 mod status;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use seaport::pb::{self, registry_server::Registry as RegistryApi};
@@ -12,13 +13,19 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Auth;
 use crate::registry::{
     MetadataChange, NewService, Registry, RegistryError, Selector, WatchEvent, WatchKind,
     namespace_or_default,
 };
+use seaport::Role;
 use status::reject;
 
 pub use seaport::pb::registry_server::RegistryServer;
+
+/// How much earlier than the call's deadline Get gives up, so that its
+/// DEADLINE_EXCEEDED beats tonic's generic "Timeout expired" cancellation.
+const GET_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
 /// Events a watcher may have queued before its task waits for the client.
 const WATCH_QUEUE: usize = 64;
@@ -26,14 +33,20 @@ const WATCH_QUEUE: usize = 64;
 /// The `seaport.v1.Registry` service.
 pub struct RegistryService {
     registry: Registry,
+    auth: Arc<Auth>,
     /// Flips to true when the server shuts down, to end long streams.
     stop: watch::Receiver<bool>,
 }
 
 impl RegistryService {
-    /// The service over a registry; `stop` ends streams at shutdown.
-    pub fn new(registry: Registry, stop: watch::Receiver<bool>) -> Self {
-        RegistryService { registry, stop }
+    /// The service over a registry, checking callers with `auth`; `stop`
+    /// ends streams at shutdown.
+    pub fn new(registry: Registry, auth: Arc<Auth>, stop: watch::Receiver<bool>) -> Self {
+        RegistryService {
+            registry,
+            auth,
+            stop,
+        }
     }
 }
 
@@ -84,7 +97,7 @@ fn get_deadline<T>(request: &Request<T>, timeout_ms: u64) -> Option<Duration> {
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .map(|d| d.saturating_sub(Duration::from_millis(2)));
+        .map(|d| d.saturating_sub(GET_DEADLINE_MARGIN));
     let from_field = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
     match (from_header, from_field) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -122,11 +135,12 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        let actor = self.auth.caller(&request, "Heartbeat", true)?;
         let observed = heartbeat::observed_host(request.remote_addr());
         let stream = heartbeat::serve(
             self.registry.clone(),
             observed,
-            String::new(),
+            actor,
             request.into_inner(),
             self.stop.clone(),
         )
@@ -138,7 +152,19 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let actor = self.auth.caller(&request, "Register", true)?;
         let r = request.into_inner();
+        let role: Role = r
+            .role
+            .parse()
+            .map_err(|e| reject("Register", RegistryError::Role(e)))?;
+        if !self.auth.policy().may_register(&actor.identity, &role.name) {
+            tracing::info!(identity = %actor.identity, name = %role.name, "rejected: not allowed by policy");
+            return Err(Status::permission_denied(format!(
+                "identity {:?} may not register {:?}; the server's --policy allows it other names only",
+                actor.identity, role.name
+            )));
+        }
         let new = NewService {
             session_id: r.session_id,
             role: r.role,
@@ -150,7 +176,7 @@ impl RegistryApi for RegistryService {
         };
         let service = self
             .registry
-            .register(new)
+            .register(new, &actor)
             .map_err(|e| reject("Register", e))?;
         Ok(Response::new(pb::RegisterResponse {
             service: Some(pb::Service::from(&*service)),
@@ -161,6 +187,7 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateResponse>, Status> {
+        let actor = self.auth.caller(&request, "Update", true)?;
         let r = request.into_inner();
         let change = MetadataChange {
             set: r.metadata.into_iter().collect::<BTreeMap<_, _>>(),
@@ -169,7 +196,7 @@ impl RegistryApi for RegistryService {
         };
         let service = self
             .registry
-            .update(&r.session_id, &r.id, change)
+            .update(&r.session_id, &r.id, change, &actor)
             .map_err(|e| reject("Update", e))?;
         Ok(Response::new(pb::UpdateResponse {
             service: Some(pb::Service::from(&*service)),
@@ -180,10 +207,11 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::FreeRequest>,
     ) -> Result<Response<pb::FreeResponse>, Status> {
+        let actor = self.auth.caller(&request, "Free", true)?;
         let r = request.into_inner();
         let service = self
             .registry
-            .free(&r.session_id, &r.id)
+            .free(&r.session_id, &r.id, &actor)
             .map_err(|e| reject("Free", e))?;
         Ok(Response::new(pb::FreeResponse {
             service: Some(pb::Service::from(&*service)),
@@ -194,6 +222,7 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
+        self.auth.caller(&request, "Query", false)?;
         let r = request.into_inner();
         let selector = selector("Query", &r.pattern, &r.namespace, r.metadata)?;
         let (found, revision) = self.registry.query(&selector);
@@ -207,6 +236,7 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        self.auth.caller(&request, "Get", false)?;
         let deadline = get_deadline(&request, request.get_ref().timeout_ms);
         let r = request.into_inner();
         let selector = selector("Get", &r.pattern, &r.namespace, r.metadata)?;
@@ -231,6 +261,7 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.auth.caller(&request, "Watch", false)?;
         let r = request.into_inner();
         let selector = selector("Watch", &r.pattern, &r.namespace, r.metadata)?;
         let mut watch = self.registry.watch(selector, r.since_revision);

@@ -11,7 +11,7 @@ fn code(e: &RegistryError) -> Code {
         Role(_) | Invalid(_) => Code::InvalidArgument,
         UnknownSession(_) | UnknownService(_) => Code::NotFound,
         PortTaken { .. } | IdTaken(_) | IdConflict { .. } => Code::AlreadyExists,
-        NotOwner(_) => Code::PermissionDenied,
+        NotOwner { .. } | NotSessionOwner { .. } => Code::PermissionDenied,
         PortsExhausted { .. } | TooManyRegistrations(_) => Code::ResourceExhausted,
     }
 }

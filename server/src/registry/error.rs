@@ -48,8 +48,24 @@ pub enum RegistryError {
         existing: String,
     },
     /// The caller does not own the registration.
-    #[error("service {0:?} belongs to another session; only its owner may change or free it")]
-    NotOwner(String),
+    #[error("service {id:?} belongs to {}; only its owner (or an admin, to free it) may change or free it",
+        if owner.is_empty() { "another session".to_string() } else { format!("identity {owner:?}") })]
+    NotOwner {
+        /// The registration's id.
+        id: String,
+        /// Its owner identity (empty without mTLS).
+        owner: String,
+    },
+    /// The session belongs to another identity.
+    #[error(
+        "session {session:?} belongs to identity {owner:?}; use a session opened with your own certificate"
+    )]
+    NotSessionOwner {
+        /// The session id.
+        session: String,
+        /// Its owner identity.
+        owner: String,
+    },
     /// No port of the range is free on the host.
     #[error("no free port left on {host} in {first}-{last}; free some or widen --port-range")]
     PortsExhausted {

@@ -97,6 +97,16 @@ pub struct MetadataChange {
     pub remove: Vec<String>,
 }
 
+/// Who asks for a change: the identity of their client certificate (empty
+/// without mTLS) and whether the policy makes them an admin.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Actor {
+    /// Certificate identity, or empty.
+    pub identity: String,
+    /// May free any registration.
+    pub admin: bool,
+}
+
 /// Stops the session reaper when dropped.
 pub struct ReaperGuard(Registry);
 
@@ -206,8 +216,9 @@ impl Registry {
     }
 
     /// Resumes a session that is still open, and refreshes it.
-    pub fn resume_session(&self, id: &str) -> Result<SessionInfo> {
+    pub fn resume_session(&self, id: &str, actor: &Actor) -> Result<SessionInfo> {
         let mut state = self.lock();
+        session_of(&state, id, actor)?;
         let session = state
             .sessions
             .touch(id, Instant::now())
@@ -245,7 +256,7 @@ impl Registry {
     }
 
     /// Adds a service; see the proto's `Register` for the rules.
-    pub fn register(&self, new: NewService) -> Result<Arc<Service>> {
+    pub fn register(&self, new: NewService, actor: &Actor) -> Result<Arc<Service>> {
         let limits = &self.shared.limits;
         let role: Role = new.role.parse()?;
         let namespace = namespace_or_default(&new.namespace)?;
@@ -266,11 +277,7 @@ impl Registry {
         let now = Instant::now();
         let mut state = self.lock();
         let state = &mut *state;
-        let session = state
-            .sessions
-            .open
-            .get(&new.session_id)
-            .ok_or_else(|| RegistryError::UnknownSession(new.session_id.clone()))?;
+        let session = session_of(state, &new.session_id, actor)?;
         let host = if new.host.is_empty() {
             session.observed_host.clone()
         } else {
@@ -359,16 +366,17 @@ impl Registry {
         Ok(service)
     }
 
-    /// Changes a registration's metadata; only its session may.
+    /// Changes a registration's metadata; only its owner may.
     pub fn update(
         &self,
         session_id: &str,
         id: &str,
         change: MetadataChange,
+        actor: &Actor,
     ) -> Result<Arc<Service>> {
         let mut state = self.lock();
         let state = &mut *state;
-        let previous = owned(state, session_id, id)?.clone();
+        let previous = authorize(state, session_id, id, actor, false)?.clone();
         let mut metadata = if change.merge {
             previous.metadata.clone()
         } else {
@@ -392,11 +400,13 @@ impl Registry {
         Ok(service)
     }
 
-    /// Frees a registration; only its session may.
-    pub fn free(&self, session_id: &str, id: &str) -> Result<Arc<Service>> {
+    /// Frees a registration; only its owner, or an admin, may.
+    pub fn free(&self, session_id: &str, id: &str, actor: &Actor) -> Result<Arc<Service>> {
         let mut state = self.lock();
-        owned(&state, session_id, id)?;
-        if let Some(session) = state.sessions.open.get_mut(session_id) {
+        let holder = authorize(&state, session_id, id, actor, true)?
+            .session_id
+            .clone();
+        if let Some(session) = state.sessions.open.get_mut(&holder) {
             session.services.remove(id);
         }
         Ok(self.remove_locked(&mut state, id).expect("checked above"))
@@ -561,19 +571,46 @@ impl Registry {
     }
 }
 
-/// The service `id`, if `session_id` is open and holds it.
-fn owned<'a>(state: &'a State, session_id: &str, id: &str) -> Result<&'a Arc<Service>> {
-    if !state.sessions.open.contains_key(session_id) {
-        return Err(RegistryError::UnknownSession(session_id.to_string()));
+/// The session `id`, if it is open and belongs to `actor`'s identity.
+fn session_of<'a>(state: &'a State, id: &str, actor: &Actor) -> Result<&'a Session> {
+    let session = state
+        .sessions
+        .open
+        .get(id)
+        .ok_or_else(|| RegistryError::UnknownSession(id.to_string()))?;
+    if session.owner != actor.identity {
+        return Err(RegistryError::NotSessionOwner {
+            session: id.to_string(),
+            owner: session.owner.clone(),
+        });
     }
+    Ok(session)
+}
+
+/// The service `id`, if `actor` may change it through `session_id`: the
+/// session that holds it, or under mTLS any session of the owning identity,
+/// or (when `admin_may`) an admin.
+fn authorize<'a>(
+    state: &'a State,
+    session_id: &str,
+    id: &str,
+    actor: &Actor,
+    admin_may: bool,
+) -> Result<&'a Arc<Service>> {
+    session_of(state, session_id, actor)?;
     let service = state
         .by_id
         .get(id)
         .ok_or_else(|| RegistryError::UnknownService(id.to_string()))?;
-    if service.session_id != session_id {
-        return Err(RegistryError::NotOwner(id.to_string()));
+    let owner = service.session_id == session_id
+        || (!service.owner.is_empty() && service.owner == actor.identity);
+    if owner || (admin_may && actor.admin) {
+        return Ok(service);
     }
-    Ok(service)
+    Err(RegistryError::NotOwner {
+        id: id.to_string(),
+        owner: service.owner.clone(),
+    })
 }
 
 /// The namespace to use: the given one, checked, or the default.

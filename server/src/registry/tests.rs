@@ -14,11 +14,14 @@ fn selector(pattern: &str) -> Selector {
 
 fn register(registry: &Registry, session: &str, role: &str) -> Arc<Service> {
     registry
-        .register(NewService {
-            session_id: session.into(),
-            role: role.into(),
-            ..Default::default()
-        })
+        .register(
+            NewService {
+                session_id: session.into(),
+                role: role.into(),
+                ..Default::default()
+            },
+            &Actor::default(),
+        )
         .unwrap()
 }
 
@@ -125,7 +128,9 @@ async fn get_wakes_when_an_update_brings_a_service_into_its_set() {
         set: [("ready".to_string(), "yes".to_string())].into(),
         ..Default::default()
     };
-    registry.update(&s.id, &web.id, change).unwrap();
+    registry
+        .update(&s.id, &web.id, change, &Actor::default())
+        .unwrap();
     let (found, _) = get.await.unwrap();
     assert_eq!(found[0].id, web.id);
 }

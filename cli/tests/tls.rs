@@ -1,0 +1,442 @@
+//! mTLS and authorization against a real seaportd, with real certificates
+//! made by `seaportctl certs init` (and rcgen for an expired one).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use seaport::pb::{self, registry_client::RegistryClient};
+use seaport_client::{ClientEvent, RegisterOptions, SeaportClient};
+use seaport_server::tls::TlsFiles;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(tag: &str) -> Dir {
+    let dir = std::env::temp_dir().join(format!(
+        "seaport-tls-{tag}-{}-{}",
+        std::process::id(),
+        fastrand_suffix()
+    ));
+    Dir(dir)
+}
+
+fn fastrand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+async fn seaportctl(args: &[&str]) -> Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_seaportctl"))
+        .args(args)
+        .output();
+    tokio::time::timeout(PATIENCE, run).await.unwrap().unwrap()
+}
+
+/// CA with clients alice, bob and ops in `dir`.
+async fn certs(dir: &Path, clients: &[&str]) {
+    let mut args = vec!["certs", "init", dir.to_str().unwrap()];
+    for c in clients {
+        args.extend(["--client", c]);
+    }
+    let out = seaportctl(&args).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--client-ca"));
+}
+
+struct Server {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn server(
+    dir: &Path,
+    client_ca: PathBuf,
+    policy: Option<&str>,
+    reads_need_cert: bool,
+) -> Server {
+    let policy = policy.map(|text| {
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let config = seaport_server::Config {
+        drain_delay: Duration::ZERO,
+        tls: Some(TlsFiles {
+            cert: dir.join("server.pem"),
+            key: dir.join("server-key.pem"),
+            client_ca: Some(client_ca),
+        }),
+        policy,
+        require_client_cert_for_reads: reads_need_cert,
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(seaport_server::run_with_admin(
+        listener,
+        Some(admin),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Server {
+        addr,
+        admin: admin_addr,
+        _stop: stop,
+    }
+}
+
+fn pem(dir: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(name)).unwrap()
+}
+
+/// A raw gRPC client, with the client certificate `who` from `dir` if any.
+async fn raw(
+    addr: SocketAddr,
+    ca_dir: &Path,
+    who: Option<(&Path, &str)>,
+) -> Result<RegistryClient<Channel>, tonic::transport::Error> {
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem(ca_dir, "ca.pem")));
+    if let Some((dir, name)) = who {
+        tls = tls.identity(Identity::from_pem(
+            pem(dir, &format!("client-{name}.pem")),
+            pem(dir, &format!("client-{name}-key.pem")),
+        ));
+    }
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(RegistryClient::new(channel))
+}
+
+async fn client(addr: SocketAddr, dir: &Path, name: &str) -> SeaportClient {
+    SeaportClient::builder()
+        .endpoint(addr.to_string())
+        .ca_pem(pem(dir, "ca.pem"))
+        .identity_pem(
+            pem(dir, &format!("client-{name}.pem")),
+            pem(dir, &format!("client-{name}-key.pem")),
+        )
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn query(pattern: &str) -> pb::QueryRequest {
+    pb::QueryRequest {
+        pattern: pattern.into(),
+        ..Default::default()
+    }
+}
+
+#[track_caller]
+fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needle: &str) {
+    let s = r.expect_err("refused");
+    assert_eq!(s.code(), code, "{}", s.message());
+    assert!(
+        s.message().contains(needle),
+        "{:?} lacks {needle:?}",
+        s.message()
+    );
+}
+
+#[tokio::test]
+async fn without_a_certificate_writes_are_refused_and_reads_allowed() {
+    let dir = tempdir("nocert");
+    certs(&dir.0, &["alice"]).await;
+    let server = server(&dir.0, dir.0.join("ca.pem"), None, false).await;
+    let mut anon = raw(server.addr, &dir.0, None).await.unwrap();
+    let register = anon
+        .register(pb::RegisterRequest {
+            session_id: "x".into(),
+            role: "web".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_status(
+        register,
+        Code::Unauthenticated,
+        "Register needs a client certificate",
+    );
+    assert!(
+        anon.query(query("")).await.is_ok(),
+        "reads need no certificate"
+    );
+
+    let alice = client(server.addr, &dir.0, "alice").await;
+    let web = alice
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        web.service().owner,
+        "alice",
+        "the certificate's identity owns it"
+    );
+    let listed = anon
+        .query(query("web"))
+        .await
+        .unwrap()
+        .into_inner()
+        .services;
+    assert_eq!(listed[0].owner, "alice");
+}
+
+#[tokio::test]
+async fn reads_can_require_a_certificate_too() {
+    let dir = tempdir("reads");
+    certs(&dir.0, &["alice"]).await;
+    let server = server(&dir.0, dir.0.join("ca.pem"), None, true).await;
+    let mut anon = raw(server.addr, &dir.0, None).await.unwrap();
+    assert_status(
+        anon.query(query("")).await,
+        Code::Unauthenticated,
+        "Query needs a client certificate",
+    );
+    let mut alice = raw(server.addr, &dir.0, Some((&dir.0, "alice")))
+        .await
+        .unwrap();
+    assert!(alice.query(query("")).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_or_expired_fails_the_handshake() {
+    let dir = tempdir("ca");
+    let other = tempdir("other");
+    certs(&dir.0, &["alice"]).await;
+    certs(&other.0, &["mallory"]).await;
+    // An expired certificate for "late", signed by the right CA.
+    let ca_key =
+        rcgen::KeyPair::from_pem(&String::from_utf8(pem(&dir.0, "ca-key.pem")).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&String::from_utf8(pem(&dir.0, "ca.pem")).unwrap(), ca_key)
+            .unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "late");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(
+        dir.0.join("client-late.pem"),
+        params.signed_by(&key, &issuer).unwrap().pem(),
+    )
+    .unwrap();
+    std::fs::write(dir.0.join("client-late-key.pem"), key.serialize_pem()).unwrap();
+
+    let server = server(&dir.0, dir.0.join("ca.pem"), None, false).await;
+    for (certs_dir, who) in [(&other.0, "mallory"), (&dir.0, "late")] {
+        let attempt = async {
+            let mut c = raw(server.addr, &dir.0, Some((certs_dir, who)))
+                .await
+                .map_err(|e| e.to_string())?;
+            c.query(query("")).await.map_err(|s| s.to_string())
+        };
+        let refused = attempt.await.expect_err("the handshake must fail");
+        assert!(!refused.is_empty(), "{who}: {refused}");
+    }
+    let mut alice = raw(server.addr, &dir.0, Some((&dir.0, "alice")))
+        .await
+        .unwrap();
+    assert!(
+        alice.query(query("")).await.is_ok(),
+        "a certificate of the right CA works"
+    );
+}
+
+#[tokio::test]
+async fn the_policy_decides_who_registers_what_and_who_frees_anything() {
+    let dir = tempdir("policy");
+    certs(&dir.0, &["alice", "bob", "ops"]).await;
+    let policy = "admins = [\"ops\"]\n[[allow]]\nidentities = [\"alice\", \"bob\"]\nnames = [\"web\", \"web-*\"]\n";
+    let server = server(&dir.0, dir.0.join("ca.pem"), Some(policy), false).await;
+    let alice = client(server.addr, &dir.0, "alice").await;
+    let bob = client(server.addr, &dir.0, "bob").await;
+
+    let denied = alice
+        .register("db@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Some(Code::PermissionDenied));
+    assert!(
+        denied
+            .to_string()
+            .contains("identity \"alice\" may not register \"db\""),
+        "{denied}"
+    );
+
+    let web = alice
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    let by_bob = bob.free(web.id()).await.unwrap_err();
+    assert_eq!(by_bob.code(), Some(Code::PermissionDenied));
+    assert!(
+        by_bob.to_string().contains("belongs to identity \"alice\""),
+        "{by_bob}"
+    );
+    let update_by_bob = bob
+        .update(web.id(), [("x".to_string(), "y".to_string())].into(), true)
+        .await
+        .unwrap_err();
+    assert_eq!(update_by_bob.code(), Some(Code::PermissionDenied));
+
+    // The admin frees it, here through seaportctl.
+    let d = dir.0.display().to_string();
+    let out = seaportctl(&[
+        "--server",
+        &server.addr.to_string(),
+        "--ca",
+        &format!("{d}/ca.pem"),
+        "--cert",
+        &format!("{d}/client-ops.pem"),
+        "--key",
+        &format!("{d}/client-ops-key.pem"),
+        "free",
+        web.id(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("freed web@1.0.0"));
+    assert!(bob.query("web").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sighup_rotates_the_client_ca_without_dropping_sessions() {
+    let dir = tempdir("rotate");
+    let next = tempdir("next");
+    certs(&dir.0, &["alice"]).await;
+    certs(&next.0, &["carol"]).await;
+    let bundle = dir.0.join("clients-ca.pem");
+    std::fs::copy(dir.0.join("ca.pem"), &bundle).unwrap();
+    let server = server(&dir.0, bundle.clone(), None, false).await;
+
+    let alice = client(server.addr, &dir.0, "alice").await;
+    let mut events = alice.events();
+    alice
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    let carol_tls = |addr| raw(addr, &dir.0, Some((&next.0, "carol")));
+    let before = async {
+        carol_tls(server.addr)
+            .await
+            .map_err(|e| e.to_string())?
+            .query(query(""))
+            .await
+            .map_err(|s| s.to_string())
+    };
+    assert!(before.await.is_err(), "carol's CA is not trusted yet");
+
+    std::fs::write(&bundle, pem(&next.0, "ca.pem")).unwrap();
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let attempt = async {
+            carol_tls(server.addr)
+                .await
+                .map_err(|e| e.to_string())?
+                .query(query(""))
+                .await
+                .map_err(|s| s.to_string())
+        };
+        if attempt.await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new CA never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Alice's session, on its connection from before, lives on.
+    alice
+        .register("web@1.0.1", RegisterOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(alice.query("web").await.unwrap().len(), 2);
+    let blips = std::iter::from_fn(|| events.next().now_or_never_event()).count();
+    assert_eq!(blips, 0, "no disconnect, no session lost");
+}
+
+/// Events already delivered, without waiting.
+trait NowOrNever {
+    fn now_or_never_event(self) -> Option<ClientEvent>;
+}
+
+impl<F: std::future::Future<Output = Option<ClientEvent>>> NowOrNever for F {
+    fn now_or_never_event(self) -> Option<ClientEvent> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match std::pin::pin!(self).poll(&mut cx) {
+            std::task::Poll::Ready(e) => e,
+            std::task::Poll::Pending => None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_admin_port_answers_health_without_a_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let dir = tempdir("admin");
+    certs(&dir.0, &[]).await;
+    let server = server(&dir.0, dir.0.join("ca.pem"), None, true).await;
+    let channel = Endpoint::from_shared(format!("http://{}", server.admin))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(status.into_inner().status(), ServingStatus::Serving);
+
+    for path in ["/healthz", "/readyz"] {
+        let mut http = tokio::net::TcpStream::connect(server.admin).await.unwrap();
+        http.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut reply = String::new();
+        http.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(reply.ends_with("SERVING\n"), "{reply}");
+    }
+}

@@ -1,0 +1,42 @@
+//! The plaintext admin port: grpc.health.v1 and HTTP `/healthz` and
+//! `/readyz`, for Kubernetes probes, which send no client certificate even
+//! when the main port demands one.
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic_health::pb::health_server::{Health, HealthServer};
+
+/// Serves health on `listener` until `stop` flips to true. `serving` is
+/// the registry's status: true answers 200, false 503.
+pub async fn serve<T: Health>(
+    listener: TcpListener,
+    health: HealthServer<T>,
+    serving: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let status = move || {
+        let up = *serving.borrow();
+        async move {
+            if up {
+                (StatusCode::OK, "SERVING\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+            }
+        }
+    };
+    let router = tonic::service::Routes::new(health)
+        .into_axum_router()
+        .route("/healthz", get(status.clone()))
+        .route("/readyz", get(status));
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::warn!("admin port stopped: {e}");
+    }
+}

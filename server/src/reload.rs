@@ -1,0 +1,95 @@
+//! Certificate, client CA and policy rotation without dropping sessions:
+//! on SIGHUP, and when a file's modification time changes. A broken new
+//! file is reported and the configuration in force stays.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::Config;
+use crate::auth::{Auth, Policy};
+use crate::tls::SharedTlsConfig;
+
+/// How often file modification times are checked.
+const POLL: Duration = Duration::from_secs(2);
+
+fn files(config: &Config) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = config.policy.iter().cloned().collect();
+    if let Some(tls) = &config.tls {
+        files.extend([tls.cert.clone(), tls.key.clone()]);
+        files.extend(tls.client_ca.iter().cloned());
+    }
+    files
+}
+
+fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Reloads everything; keeps what is in force when anything is broken.
+fn reload(config: &Config, tls: Option<&SharedTlsConfig>, auth: &Auth) {
+    let new_tls = match (&config.tls, tls) {
+        (Some(files), Some(_)) => match files.load() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                return tracing::warn!(
+                    "reload refused, keeping the TLS configuration in force: {e}"
+                );
+            }
+        },
+        _ => None,
+    };
+    let new_policy = match &config.policy {
+        Some(path) => match Policy::load(path) {
+            Ok(p) => Some(p),
+            Err(e) => return tracing::warn!("reload refused, keeping the policy in force: {e}"),
+        },
+        None => None,
+    };
+    if let (Some(c), Some(shared)) = (new_tls, tls) {
+        *shared.write().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+    if let Some(p) = new_policy {
+        *auth.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+    }
+    tracing::info!("reloaded certificates, client CA and policy");
+}
+
+/// Runs until `stop` flips to true.
+pub(crate) async fn watch(
+    config: Config,
+    tls: Option<SharedTlsConfig>,
+    auth: Arc<Auth>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!("no SIGHUP reloads: {e}"),
+    };
+    let files = files(&config);
+    let mut seen = stamps(&files);
+    let mut poll = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                seen = stamps(&files);
+                reload(&config, tls.as_ref(), &auth);
+            }
+            _ = poll.tick() => {
+                let now = stamps(&files);
+                if now != seen {
+                    seen = now;
+                    reload(&config, tls.as_ref(), &auth);
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! TLS for the main port: rustls with the ring provider, client
+//! certificates verified against `--client-ca` when given (optional at the
+//! handshake, so reads can stay open; `auth` decides per call). The config
+//! is behind a lock so a reload takes effect for new connections while
+//! open ones, and the sessions on them, carry on.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the server's certificate, key and client CA live.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// PEM certificate chain of the server.
+    pub cert: PathBuf,
+    /// PEM private key of the server.
+    pub key: PathBuf,
+    /// PEM bundle of CAs that sign client certificates (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A TLS file that could not be used; the message names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct TlsError {
+    path: String,
+    reason: String,
+}
+
+fn tls_error(path: &std::path::Path, reason: impl ToString) -> TlsError {
+    TlsError {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The one crypto provider (ring); see DESIGN's note on providers.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| tls_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(path, e))?;
+    if certs.is_empty() {
+        return Err(tls_error(path, "holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+impl TlsFiles {
+    /// Reads the files into a server config; any error names the file.
+    pub fn load(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let chain = certs(&self.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| tls_error(&self.key, e))?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error(&self.cert, e))?;
+        let builder = match &self.client_ca {
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for cert in certs(ca)? {
+                    roots.add(cert).map_err(|e| tls_error(ca, e))?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .allow_unauthenticated()
+                        .build()
+                        .map_err(|e| tls_error(ca, e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| tls_error(&self.key, e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// The TLS config in force; replaced whole on reload.
+pub type SharedTlsConfig = Arc<RwLock<Arc<ServerConfig>>>;
+
+/// Accepts TCP connections and completes their handshakes concurrently
+/// (one slow client delays nobody), yielding TLS streams for tonic.
+pub fn incoming(
+    listener: TcpListener,
+    config: SharedTlsConfig,
+) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = tx.closed() => return,
+            };
+            let Ok((tcp, peer)) = accepted else { continue };
+            let _ = tcp.set_nodelay(true);
+            let acceptor =
+                TlsAcceptor::from(config.read().unwrap_or_else(|e| e.into_inner()).clone());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
