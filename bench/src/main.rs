@@ -1,0 +1,280 @@
+//! seaport-bench: measures a seaportd and prints each figure beside the
+//! same server's grpc.health.v1 Check, a nearly empty RPC on the same
+//! connections, so every figure is also a ratio to the RPC stack's limit.
+
+mod scenarios;
+mod server;
+mod stats;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+use scenarios::Session;
+use server::Seaportd;
+use stats::Sample;
+
+/// Benchmarks for seaportd. Figures, never pass/fail.
+#[derive(Parser, Debug)]
+#[command(name = "seaport-bench")]
+struct Args {
+    /// Measure this running server instead of starting one (CPU and memory need a started one).
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// How long each throughput scenario runs.
+    #[arg(long, default_value = "5s", value_parser = seaport::parse_duration)]
+    duration: Duration,
+    /// HTTP/2 connections the load is spread over.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Concurrent sessions for register+free.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    sessions: Vec<usize>,
+    /// Concurrent callers for query (and the health baseline beside it).
+    #[arg(long, default_value_t = 32)]
+    query_concurrency: usize,
+    /// Registry sizes for query, in increasing order; memory is read at the largest.
+    #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
+    sizes: Vec<usize>,
+    /// Rounds of the get wake-up scenario.
+    #[arg(long, default_value_t = 200)]
+    get_rounds: usize,
+    /// Watcher counts for fan-out.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    watchers: Vec<usize>,
+    /// Idle heartbeating sessions whose server CPU is measured.
+    #[arg(long, default_value_t = 10_000)]
+    idle_sessions: usize,
+    /// How long the idle sessions are watched.
+    #[arg(long, default_value = "20s", value_parser = seaport::parse_duration)]
+    idle_window: Duration,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "bench-results.json")]
+    out: std::path::PathBuf,
+    /// A quick pass with tiny sizes, to keep the benchmark working in CI.
+    #[arg(long)]
+    smoke: bool,
+}
+
+/// One line of the results table.
+struct Row {
+    scenario: String,
+    rate: Option<f64>,
+    p50_us: u32,
+    p99_us: u32,
+    baseline_rate: Option<f64>,
+    baseline_p99_us: Option<u32>,
+    note: String,
+}
+
+impl Row {
+    fn from(scenario: String, mut s: Sample, mut baseline: Option<Sample>, note: String) -> Row {
+        Row {
+            scenario,
+            rate: Some(s.rate()),
+            p50_us: s.quantile(0.5),
+            p99_us: s.quantile(0.99),
+            baseline_rate: baseline.as_ref().map(Sample::rate),
+            baseline_p99_us: baseline.as_mut().map(|b| b.quantile(0.99)),
+            note,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "scenario": self.scenario, "rate_per_s": self.rate, "p50_us": self.p50_us, "p99_us": self.p99_us,
+            "health_rate_per_s": self.baseline_rate, "health_p99_us": self.baseline_p99_us,
+            "rate_vs_health": self.rate.zip(self.baseline_rate).map(|(r, b)| r / b), "note": self.note,
+        })
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<44} {:>11} {:>9} {:>9} {:>11} {:>7}  note",
+        "scenario", "rate/s", "p50 us", "p99 us", "health/s", "ratio"
+    );
+    for r in rows {
+        let rate = r.rate.map_or("-".into(), |v| format!("{v:.0}"));
+        let base = r.baseline_rate.map_or("-".into(), |v| format!("{v:.0}"));
+        let ratio = r
+            .rate
+            .zip(r.baseline_rate)
+            .map_or("-".into(), |(a, b)| format!("{:.2}", a / b));
+        println!(
+            "{:<44} {:>11} {:>9} {:>9} {:>11} {:>7}  {}",
+            r.scenario, rate, r.p50_us, r.p99_us, base, ratio, r.note
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.duration = Duration::from_millis(300);
+        args.sessions = vec![1, 10];
+        args.sizes = vec![1000];
+        args.get_rounds = 5;
+        args.watchers = vec![50];
+        args.idle_sessions = 50;
+        args.idle_window = Duration::from_secs(1);
+    }
+    let largest = args.sizes.iter().copied().max().unwrap_or(0);
+    let server = match args.addr {
+        Some(addr) => Seaportd::external(addr),
+        None => {
+            let flags = [
+                "--max-registrations-per-session".to_string(),
+                (largest + 1000).to_string(),
+                // One session churns ~10k ports a second on its host; the
+                // default 5s quarantine would hold most of the range.
+                "--port-quarantine".to_string(),
+                "1s".to_string(),
+            ];
+            Seaportd::start(&flags).await
+        }
+    };
+    let channels = scenarios::connect(server.addr, args.connections).await;
+    let mut rows = Vec::new();
+    let d = args.duration;
+
+    for &n in &args.sessions {
+        let baseline = scenarios::health(&channels, n, d).await;
+        let sample = scenarios::register_free(&channels, n, d).await;
+        rows.push(Row::from(
+            format!("register+free, {n} sessions"),
+            sample,
+            Some(baseline),
+            "per RPC".into(),
+        ));
+    }
+
+    let writers: Vec<Session> = {
+        let mut v = Vec::new();
+        for i in 0..16 {
+            v.push(Session::open(channels[i % channels.len()].clone(), 3_600_000).await);
+        }
+        v
+    };
+    let rss_before = server.pid().and_then(server::rss);
+    let mut filled = 0;
+    for &size in &args.sizes {
+        let t = Instant::now();
+        scenarios::populate(&channels, &writers, filled, size).await;
+        eprintln!(
+            "populated {size} registrations in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        filled = size;
+        let c = args.query_concurrency;
+        let baseline = scenarios::health(&channels, c, d).await;
+        let hit = scenarios::query(&channels, c, d, "svc-42@1.x").await;
+        rows.push(Row::from(
+            format!("query hit (4 of {size})"),
+            hit,
+            Some(baseline),
+            String::new(),
+        ));
+        let baseline = scenarios::health(&channels, c, d).await;
+        let miss = scenarios::query(&channels, c, d, "nosuch@1.x").await;
+        rows.push(Row::from(
+            format!("query miss (0 of {size})"),
+            miss,
+            Some(baseline),
+            String::new(),
+        ));
+    }
+    if let (Some(before), Some(after)) = (rss_before, server.pid().and_then(server::rss)) {
+        let per = after.saturating_sub(before) as f64 / filled.max(1) as f64;
+        rows.push(Row {
+            scenario: format!("memory, {filled} registrations"),
+            rate: None,
+            p50_us: 0,
+            p99_us: 0,
+            baseline_rate: None,
+            baseline_p99_us: None,
+            note: format!(
+                "RSS {:.0} MiB, {per:.0} bytes/registration",
+                after as f64 / 1048576.0
+            ),
+        });
+    }
+    drop(writers);
+
+    let wake = scenarios::get_wakeup(&channels[0], args.get_rounds).await;
+    rows.push(Row::from(
+        "get wake-up".into(),
+        wake,
+        None,
+        "Register sent -> waiting Get returning".into(),
+    ));
+
+    for &w in &args.watchers {
+        let mut fan = scenarios::watch_fanout(&channels, w, 3).await;
+        let worst = fan.quantile(1.0);
+        let mut row = Row::from(
+            format!("watch fan-out, {w} watchers"),
+            fan,
+            None,
+            String::new(),
+        );
+        row.rate = None;
+        row.note = format!(
+            "one register until all have it: worst of 3 rounds {:.1} ms",
+            f64::from(worst) / 1000.0
+        );
+        rows.push(row);
+    }
+
+    if let Some(pid) = server.pid().filter(|_| args.idle_sessions > 0) {
+        let mut idle = Vec::new();
+        for i in 0..args.idle_sessions {
+            idle.push(Session::open(channels[i % channels.len()].clone(), 0).await);
+        }
+        // Ping at a third of the default 10s ttl, as SeaportClient does, spread evenly.
+        let interval = Duration::from_millis(3333);
+        let pinger = tokio::spawn(async move {
+            let mut seq = 0;
+            loop {
+                let gap = interval / idle.len().max(1) as u32;
+                for s in &idle {
+                    s.ping(seq).await;
+                    tokio::time::sleep(gap).await;
+                }
+                seq += 1;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (cpu0, t0) = (server::cpu_time(pid), Instant::now());
+        tokio::time::sleep(args.idle_window).await;
+        let (cpu1, wall) = (server::cpu_time(pid), t0.elapsed());
+        pinger.abort();
+        if let (Some(a), Some(b)) = (cpu0, cpu1) {
+            let share = (b - a).as_secs_f64() / wall.as_secs_f64() * 100.0;
+            rows.push(Row {
+                scenario: format!("{} idle sessions heartbeating", args.idle_sessions),
+                rate: None,
+                p50_us: 0,
+                p99_us: 0,
+                baseline_rate: None,
+                baseline_p99_us: None,
+                note: format!("server CPU {share:.2}% of one core"),
+            });
+        }
+    }
+
+    print_table(&rows);
+    let results = json!({
+        "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "duration_s": d.as_secs_f64(),
+        "connections": args.connections,
+        "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
+    });
+    match std::fs::write(&args.out, serde_json::to_string_pretty(&results).unwrap()) {
+        Ok(()) => eprintln!("results written to {}", args.out.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", args.out.display()),
+    }
+}

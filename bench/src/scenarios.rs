@@ -1,0 +1,332 @@
+//! The load shapes: each runs for a bounded count and time and returns what
+//! it measured. Workers share a few HTTP/2 connections, as services would.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use seaport::pb::{
+    self, heartbeat_request::Kind as In, registry_client::RegistryClient, watch_event::Kind,
+};
+use tokio::sync::{Barrier, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::stats::Sample;
+
+/// Opens `n` connections to the server.
+pub(crate) async fn connect(addr: std::net::SocketAddr, n: usize) -> Vec<Channel> {
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect to seaportd");
+        channels.push(channel);
+    }
+    channels
+}
+
+/// An open session; dropping it drops the stream (the session then lives
+/// out its ttl).
+pub(crate) struct Session {
+    pub(crate) id: String,
+    tx: mpsc::Sender<pb::HeartbeatRequest>,
+    _rx: tonic::Streaming<pb::HeartbeatResponse>,
+}
+
+impl Session {
+    pub(crate) async fn open(channel: Channel, ttl_ms: u64) -> Session {
+        let (tx, rx) = mpsc::channel(4);
+        let open = pb::OpenSession {
+            ttl_ms,
+            client_name: "bench".into(),
+        };
+        tx.send(pb::HeartbeatRequest {
+            kind: Some(In::Open(open)),
+        })
+        .await
+        .unwrap();
+        let mut stream = RegistryClient::new(channel)
+            .heartbeat(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let opened = stream.message().await.unwrap().and_then(|m| m.kind);
+        let Some(pb::heartbeat_response::Kind::Opened(opened)) = opened else {
+            panic!("no session: {opened:?}")
+        };
+        Session {
+            id: opened.session_id,
+            tx,
+            _rx: stream,
+        }
+    }
+
+    pub(crate) async fn ping(&self, seq: u64) {
+        let _ = self
+            .tx
+            .send(pb::HeartbeatRequest {
+                kind: Some(In::Ping(pb::Ping { seq })),
+            })
+            .await;
+    }
+}
+
+/// Runs `workers` copies of `op` (each bounded in time) over the channels
+/// and gathers their latencies.
+async fn closed_loop<F, Fut>(channels: &[Channel], workers: usize, op: F) -> Sample
+where
+    F: Fn(usize, Channel) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Sample> + Send,
+{
+    let op = Arc::new(op);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let (op, channel) = (op.clone(), channels[w % channels.len()].clone());
+        tasks.spawn(async move { op(w, channel).await });
+    }
+    let mut total = Sample::default();
+    while let Some(sample) = tasks.join_next().await {
+        total.merge(sample.unwrap());
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+/// grpc.health.v1 Check: the RPC stack's own limit on this machine.
+pub(crate) async fn health(channels: &[Channel], workers: usize, duration: Duration) -> Sample {
+    closed_loop(channels, workers, move |_, channel| async move {
+        let mut client = HealthClient::new(channel);
+        let mut sample = Sample::default();
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            let t = Instant::now();
+            client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap();
+            sample.record(t);
+        }
+        sample
+    })
+    .await
+}
+
+/// Register then free, in a loop, one session per worker; each RPC counts.
+pub(crate) async fn register_free(
+    channels: &[Channel],
+    sessions: usize,
+    duration: Duration,
+) -> Sample {
+    closed_loop(channels, sessions, move |w, channel| async move {
+        let session = Session::open(channel.clone(), 600_000).await;
+        let mut client = RegistryClient::new(channel);
+        let mut sample = Sample::default();
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            let t = Instant::now();
+            // A host per worker, as sessions on different machines would
+            // have: a freed port stays quarantined on its host.
+            let request = pb::RegisterRequest {
+                session_id: session.id.clone(),
+                role: format!("bench-{w}@1.0.0"),
+                host: format!("bench-{w}"),
+                ..Default::default()
+            };
+            let service = client
+                .register(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .service
+                .unwrap();
+            sample.record(t);
+            let t = Instant::now();
+            client
+                .free(pb::FreeRequest {
+                    session_id: session.id.clone(),
+                    id: service.id,
+                })
+                .await
+                .unwrap();
+            sample.record(t);
+        }
+        sample
+    })
+    .await
+}
+
+/// Fills the registry up to `target` registrations: names `svc-N` with four
+/// versions each, spread over hosts so explicit ports never clash.
+pub(crate) async fn populate(
+    channels: &[Channel],
+    sessions: &[Session],
+    from: usize,
+    target: usize,
+) {
+    let workers = sessions.len();
+    let ids: Vec<String> = sessions.iter().map(|s| s.id.clone()).collect();
+    let ids = Arc::new(ids);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let (ids, mut client) = (
+            ids.clone(),
+            RegistryClient::new(channels[w % channels.len()].clone()),
+        );
+        tasks.spawn(async move {
+            let mut i = from + w;
+            while i < target {
+                let request = pb::RegisterRequest {
+                    session_id: ids[w].clone(),
+                    role: format!("svc-{}@1.{}.0", i / 4, i % 4),
+                    host: format!("h{}", i / 50_000),
+                    port: 10_000 + (i % 50_000) as u32,
+                    metadata: [("zone".to_string(), "a".to_string())].into(),
+                    ..Default::default()
+                };
+                client.register(request).await.unwrap();
+                i += workers;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// Query `pattern` in a loop.
+pub(crate) async fn query(
+    channels: &[Channel],
+    workers: usize,
+    duration: Duration,
+    pattern: &'static str,
+) -> Sample {
+    closed_loop(channels, workers, move |_, channel| async move {
+        let mut client = RegistryClient::new(channel);
+        let mut sample = Sample::default();
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            let t = Instant::now();
+            client
+                .query(pb::QueryRequest {
+                    pattern: pattern.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            sample.record(t);
+        }
+        sample
+    })
+    .await
+}
+
+/// From sending a Register to a Get that was waiting for it returning (the
+/// Get often returns before the Register's own reply arrives, so timing
+/// from that reply would read zero).
+pub(crate) async fn get_wakeup(channel: &Channel, rounds: usize) -> Sample {
+    let session = Session::open(channel.clone(), 600_000).await;
+    let mut client = RegistryClient::new(channel.clone());
+    let mut sample = Sample::default();
+    let started = Instant::now();
+    for r in 0..rounds {
+        let name = format!("wake-{r}");
+        let mut waiter = client.clone();
+        let pattern = name.clone();
+        let get = tokio::spawn(async move {
+            waiter
+                .get(pb::GetRequest {
+                    pattern,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            Instant::now()
+        });
+        // Let the Get reach the server and start waiting.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let request = pb::RegisterRequest {
+            session_id: session.id.clone(),
+            role: name,
+            ..Default::default()
+        };
+        let sent = Instant::now();
+        client.register(request).await.unwrap();
+        let woke = get.await.unwrap();
+        sample.push(woke.saturating_duration_since(sent));
+    }
+    sample.elapsed = started.elapsed();
+    sample
+}
+
+/// Time from one Register until every one of `watchers` watchers (spread
+/// over the channels) has received it; one figure per round.
+pub(crate) async fn watch_fanout(channels: &[Channel], watchers: usize, rounds: usize) -> Sample {
+    let session = Session::open(channels[0].clone(), 600_000).await;
+    let mut client = RegistryClient::new(channels[0].clone());
+    let mut sample = Sample::default();
+    let started = Instant::now();
+    for round in 0..rounds {
+        let name = format!("fan-{round}");
+        let ready = Arc::new(Barrier::new(watchers + 1));
+        let (arrived_tx, mut arrived) = mpsc::channel::<Instant>(watchers);
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..watchers {
+            let (ready, arrived_tx, channel, pattern) = (
+                ready.clone(),
+                arrived_tx.clone(),
+                channels[w % channels.len()].clone(),
+                name.clone(),
+            );
+            tasks.spawn(async move {
+                let request = pb::WatchRequest {
+                    pattern,
+                    ..Default::default()
+                };
+                let mut stream = RegistryClient::new(channel)
+                    .watch(request)
+                    .await
+                    .unwrap()
+                    .into_inner();
+                while let Some(e) = stream.message().await.unwrap() {
+                    if e.kind() == Kind::Synced {
+                        break;
+                    }
+                }
+                ready.wait().await;
+                while let Some(e) = stream.message().await.unwrap() {
+                    if e.kind() == Kind::Registered {
+                        let _ = arrived_tx.send(Instant::now()).await;
+                        return;
+                    }
+                }
+            });
+        }
+        drop(arrived_tx);
+        ready.wait().await;
+        let t0 = Instant::now();
+        let request = pb::RegisterRequest {
+            session_id: session.id.clone(),
+            role: name,
+            ..Default::default()
+        };
+        client.register(request).await.unwrap();
+        let mut last = t0;
+        let mut count = 0;
+        while let Some(at) = arrived.recv().await {
+            last = last.max(at);
+            count += 1;
+        }
+        assert_eq!(count, watchers, "every watcher received the event");
+        sample.push(last - t0);
+        tasks.abort_all();
+    }
+    sample.elapsed = started.elapsed();
+    sample
+}

@@ -1,0 +1,89 @@
+//! The seaportd under test: started from the release binary next to this
+//! one (or reached at a given address), and its CPU and memory from /proc.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A seaportd child process, killed on drop.
+pub(crate) struct Seaportd {
+    pub(crate) addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Drop for Seaportd {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("SEAPORTD") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("own path");
+    exe.with_file_name("seaportd")
+}
+
+impl Seaportd {
+    /// Starts `seaportd` on a free 127.0.0.1 port with `extra` flags and
+    /// waits until it accepts connections.
+    pub(crate) async fn start(extra: &[String]) -> Seaportd {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let binary = binary();
+        let mut child = Command::new(&binary)
+            .args(["--listen", &addr.to_string(), "--drain-delay", "0s", "--log", "warn"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with `cargo build --release --bin seaportd`, or set SEAPORTD)", binary.display()));
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Seaportd {
+                    addr,
+                    child: Some(child),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("seaportd did not start listening on {addr}");
+    }
+
+    /// A server someone else runs.
+    pub(crate) fn external(addr: SocketAddr) -> Seaportd {
+        Seaportd { addr, child: None }
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// CPU time (user + system) the process has used so far.
+pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports in clock ticks of 1/100 s on every platform we run on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Resident set size in bytes.
+pub(crate) fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

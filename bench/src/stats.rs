@@ -1,0 +1,59 @@
+//! Latency samples and the figures printed from them.
+
+use std::time::{Duration, Instant};
+
+/// What one scenario measured.
+#[derive(Debug, Default)]
+pub(crate) struct Sample {
+    /// Operation latencies, in microseconds.
+    latencies: Vec<u32>,
+    /// Wall time over which the operations ran.
+    pub(crate) elapsed: Duration,
+}
+
+impl Sample {
+    pub(crate) fn record(&mut self, started: Instant) {
+        self.push(started.elapsed());
+    }
+
+    pub(crate) fn push(&mut self, latency: Duration) {
+        self.latencies
+            .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
+    }
+
+    pub(crate) fn merge(&mut self, other: Sample) {
+        self.latencies.extend(other.latencies);
+    }
+
+    /// Operations per second over the elapsed wall time.
+    pub(crate) fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `q` quantile in microseconds (0 when empty).
+    pub(crate) fn quantile(&mut self, q: f64) -> u32 {
+        if self.latencies.is_empty() {
+            return 0;
+        }
+        self.latencies.sort_unstable();
+        let i = ((self.latencies.len() - 1) as f64 * q).round() as usize;
+        self.latencies[i]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_and_rate() {
+        let mut s = Sample {
+            latencies: (1..=100).collect(),
+            elapsed: Duration::from_secs(2),
+        };
+        assert_eq!(s.quantile(0.5), 51);
+        assert_eq!(s.quantile(0.99), 99);
+        assert_eq!(s.rate(), 50.0);
+        assert_eq!(Sample::default().quantile(0.5), 0);
+    }
+}
