@@ -1,0 +1,246 @@
+package seaport_test
+
+// The shared client scenario (docs/client-scenario.md) against a real seaportd.
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/seaport-dev/seaport/clients/go/seaport"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func binary(name, env string) string {
+	if p := os.Getenv(env); p != "" {
+		return p
+	}
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "target", "debug", name)
+}
+
+type server struct {
+	t     *testing.T
+	addr  string
+	flags []string
+	cmd   *exec.Cmd
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func startServer(t *testing.T, flags ...string) *server {
+	s := &server{t: t, addr: "127.0.0.1:" + strconv.Itoa(freePort(t)), flags: flags}
+	s.start()
+	t.Cleanup(func() {
+		if s.cmd.ProcessState == nil {
+			s.stop()
+		}
+	})
+	return s
+}
+
+func (s *server) start() {
+	args := append([]string{"--listen", s.addr, "--drain-delay", "0s", "--log", "warn"}, s.flags...)
+	s.cmd = exec.Command(binary("seaportd", "SEAPORTD"), args...)
+	s.cmd.Stderr = os.Stderr
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if c, err := net.Dial("tcp", s.addr); err == nil {
+			c.Close()
+			return
+		}
+	}
+	s.t.Fatalf("seaportd did not listen on %s", s.addr)
+}
+
+func (s *server) stop() {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	_ = s.cmd.Wait()
+}
+
+func dial(t *testing.T, addr string, opts ...seaport.Option) *seaport.Client {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := seaport.Dial(ctx, []string{addr}, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func TestRegisterGetQuery(t *testing.T) {
+	s := startServer(t)
+	owner, other := dial(t, s.addr), dial(t, s.addr)
+	reg, err := owner.Register(ctx(t), "web@1.2.3", seaport.Metadata(map[string]string{"zone": "a"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.Port < 10000 || reg.Port > 65535 {
+		t.Fatalf("port %d out of range", reg.Port)
+	}
+	found, err := other.Get(ctx(t), "web@1.2.x")
+	if err != nil || len(found) != 1 || found[0].ID != reg.ID || found[0].Metadata["zone"] != "a" {
+		t.Fatalf("get: %v %v", found, err)
+	}
+	none, err := other.Query(ctx(t), "web@2.x")
+	if err != nil || len(none) != 0 {
+		t.Fatalf("query web@2.x: %v %v", none, err)
+	}
+}
+
+func next(t *testing.T, events <-chan seaport.Event) seaport.Event {
+	select {
+	case e, ok := <-events:
+		if !ok {
+			t.Fatal("watch ended")
+		}
+		return e
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event in time")
+	}
+	return seaport.Event{}
+}
+
+func TestWatchSnapshotUpdateFree(t *testing.T) {
+	s := startServer(t)
+	c := dial(t, s.addr)
+	reg, err := c.Register(ctx(t), "web@1.2.3", seaport.Metadata(map[string]string{"zone": "a"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := c.Watch(ctx(t), "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := next(t, events); e.Kind != "EXISTING" || e.Service.ID != reg.ID {
+		t.Fatalf("want EXISTING, got %+v", e)
+	}
+	if e := next(t, events); e.Kind != "SYNCED" {
+		t.Fatalf("want SYNCED, got %+v", e)
+	}
+	if _, err := c.Update(ctx(t), reg.ID, map[string]string{"zone": "b"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if e := next(t, events); e.Kind != "UPDATED" || e.Service.Metadata["zone"] != "b" {
+		t.Fatalf("want UPDATED zone=b, got %+v", e)
+	}
+	if err := c.Free(ctx(t), reg.ID); err != nil {
+		t.Fatal(err)
+	}
+	if e := next(t, events); e.Kind != "FREED" || e.Service.ID != reg.ID {
+		t.Fatalf("want FREED, got %+v", e)
+	}
+}
+
+func TestGetStartedBeforeTheRegistration(t *testing.T) {
+	s := startServer(t)
+	waiter, owner := dial(t, s.addr), dial(t, s.addr)
+	got := make(chan []seaport.Service, 1)
+	go func() {
+		found, _ := waiter.Get(ctx(t), "web@1.2.x")
+		got <- found
+	}()
+	time.Sleep(300 * time.Millisecond)
+	reg, err := owner.Register(ctx(t), "web@1.2.9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case found := <-got:
+		if len(found) != 1 || found[0].ID != reg.ID {
+			t.Fatalf("get returned %v", found)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("get never returned")
+	}
+	short, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := waiter.Get(short, "nobody"); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("want DEADLINE_EXCEEDED, got %v", err)
+	}
+}
+
+func TestRestartBringsTheRegistrationBack(t *testing.T) {
+	s := startServer(t)
+	c := dial(t, s.addr, seaport.WithTTL(5*time.Second))
+	reg, err := c.Register(ctx(t), "web@1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.stop()
+	s.start()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		back, err := c.Query(ctx(t), "web")
+		if err == nil && len(back) == 1 {
+			if back[0].ID != reg.ID || back[0].Port != reg.Port {
+				t.Fatalf("came back as %+v, want id %s port %d", back[0], reg.ID, reg.Port)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the registration never came back: %v %v", back, err)
+		}
+	}
+}
+
+func TestBadRangeIsInvalidArgument(t *testing.T) {
+	s := startServer(t)
+	c := dial(t, s.addr)
+	_, err := c.Query(ctx(t), "web@1.2.3.4")
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), `"1.2.3.4" has more than three version parts`) {
+		t.Fatalf("want INVALID_ARGUMENT with the server's message, got %v", err)
+	}
+}
+
+func TestMTLSCertificateRegistersAndNoCertificateIsRefused(t *testing.T) {
+	pki := t.TempDir()
+	out, err := exec.Command(binary("seaportctl", "SEAPORTCTL"), "certs", "init", filepath.Join(pki, "pki"), "--client", "gopher").CombinedOutput()
+	if err != nil {
+		t.Fatalf("certs init: %v %s", err, out)
+	}
+	dir := filepath.Join(pki, "pki")
+	s := startServer(t, "--tls-cert", filepath.Join(dir, "server.pem"), "--tls-key", filepath.Join(dir, "server-key.pem"), "--client-ca", filepath.Join(dir, "ca.pem"))
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	c := dial(t, s.addr, seaport.WithTLS(read("ca.pem"), read("client-gopher.pem"), read("client-gopher-key.pem")))
+	reg, err := c.Register(ctx(t), "web@1.2.3")
+	if err != nil || reg.Service.Owner != "gopher" {
+		t.Fatalf("register over mTLS: %+v %v", reg, err)
+	}
+	short, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = seaport.Dial(short, []string{s.addr}, seaport.WithTLS(read("ca.pem"), nil, nil))
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("want UNAUTHENTICATED without a certificate, got %v", err)
+	}
+}

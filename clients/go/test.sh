@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Downloads the Go modules and runs the tests against a real seaportd
+# (built here if missing).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+[ -x "$root/target/debug/seaportd" ] && [ -x "$root/target/debug/seaportctl" ] \
+  || (cd "$root" && cargo build --quiet --bin seaportd --bin seaportctl)
+cd "$here"
+go mod download
+go vet ./...
+go test -count=1 ./...
