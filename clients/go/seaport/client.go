@@ -334,7 +334,9 @@ func Host(h string) RegisterOption { return func(r *pb.RegisterRequest) { r.Host
 func ID(id string) RegisterOption { return func(r *pb.RegisterRequest) { r.Id = id } }
 
 // Metadata sets the metadata.
-func Metadata(m map[string]string) RegisterOption { return func(r *pb.RegisterRequest) { r.Metadata = m } }
+func Metadata(m map[string]string) RegisterOption {
+	return func(r *pb.RegisterRequest) { r.Metadata = m }
+}
 
 // Register registers role ("name@1.2.3") under this client's session.
 func (c *Client) Register(ctx context.Context, role string, opts ...RegisterOption) (*Registration, error) {

@@ -1,0 +1,19 @@
+package dev.seaport.client;
+
+import java.util.Map;
+
+/** One registration. */
+public record Service(
+    String id, String name, String version, String host, int port, Map<String, String> metadata,
+    String namespace, String owner) {
+
+  static Service of(dev.seaport.v1.Service s) {
+    return new Service(s.getId(), s.getName(), s.getVersion(), s.getHost(), s.getPort(),
+        Map.copyOf(s.getMetadataMap()), s.getNamespace(), s.getOwner());
+  }
+
+  /** host:port. */
+  public String address() {
+    return host.contains(":") ? "[" + host + "]:" + port : host + ":" + port;
+  }
+}
