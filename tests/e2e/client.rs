@@ -476,3 +476,84 @@ async fn a_get_started_before_the_register_resolves_when_it_happens() {
         .unwrap();
     assert_eq!(found[0].id, web.id());
 }
+
+/// docs/client-scenario.md, steps 1 to 6, as every language's client runs it
+/// (step 7, mTLS, is in cli/tests/tls.rs).
+#[tokio::test]
+async fn the_shared_client_scenario() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let client = client_for(&[addr]).await;
+    let other = client_for(&[addr]).await;
+
+    // 1. register with an assigned port and metadata
+    let reg = client
+        .register("web@1.2.3", RegisterOptions::default().meta("zone", "a"))
+        .await
+        .unwrap();
+    assert!((10000..=65535).contains(&reg.port()));
+    // 2. another client's get finds it; web@2.x finds nothing
+    assert_eq!(other.get("web@1.2.x").await.unwrap()[0].id, reg.id());
+    assert!(other.query("web@2.x").await.unwrap().is_empty());
+    // 3. a watch sees the snapshot, an update, then the free
+    let mut watch = other.watch("web").unwrap();
+    assert_eq!(snapshot(&mut watch).await.len(), 1);
+    client
+        .update(
+            reg.id(),
+            BTreeMap::from([("zone".into(), "b".into())]),
+            false,
+        )
+        .await
+        .unwrap();
+    let updated = next(&mut watch).await.unwrap();
+    assert_eq!(
+        (
+            updated.kind,
+            updated.service.unwrap().metadata["zone"].as_str()
+        ),
+        (EventKind::Updated, "b")
+    );
+    reg.clone().free().await.unwrap();
+    assert_eq!(next(&mut watch).await.unwrap().kind, EventKind::Freed);
+    // 4. a get started before the registration completes once it exists
+    let waiter = other.clone();
+    let pending = tokio::spawn(async move { waiter.get("api@1.x").await });
+    let api = client
+        .register("api@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(PATIENCE, pending)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()[0]
+            .id,
+        api.id()
+    );
+    // 5. a restart on the same address: the registration comes back with its id and port
+    server.stop().await;
+    let _server = TestServer::start_on(addr, test_config()).await;
+    eventually("api to come back", || {
+        let client = client.clone();
+        let want = (api.id().to_string(), api.port());
+        async move {
+            client
+                .query("api")
+                .await
+                .is_ok_and(|s| s.len() == 1 && (s[0].id.clone(), s[0].port) == want)
+        }
+    })
+    .await;
+    // 6. a bad range: invalid argument with the reason
+    let bad = client
+        .get_timeout("web@1.2.3.4", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        bad.to_string()
+            .contains("\"1.2.3.4\" has more than three version parts"),
+        "{bad}"
+    );
+}
