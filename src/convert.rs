@@ -1,7 +1,7 @@
 //! Conversions between the generated `pb` messages and the domain types, in
 //! one place.
 
-use crate::{Service, pb};
+use crate::{EventKind, Service, pb};
 
 /// A message from the wire that does not make a valid domain value.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,35 @@ pub enum ConvertError {
         /// The port as sent.
         port: u32,
     },
+}
+
+impl From<EventKind> for pb::watch_event::Kind {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Existing => Self::Existing,
+            EventKind::Synced => Self::Synced,
+            EventKind::Registered => Self::Registered,
+            EventKind::Updated => Self::Updated,
+            EventKind::Freed => Self::Freed,
+            EventKind::Reset => Self::Reset,
+        }
+    }
+}
+
+impl From<pb::watch_event::Kind> for EventKind {
+    /// An unknown kind (from a newer server) is read as `Reset`, the safe
+    /// answer: the consumer rebuilds its view.
+    fn from(kind: pb::watch_event::Kind) -> Self {
+        use pb::watch_event::Kind;
+        match kind {
+            Kind::Existing => Self::Existing,
+            Kind::Synced => Self::Synced,
+            Kind::Registered => Self::Registered,
+            Kind::Updated => Self::Updated,
+            Kind::Freed => Self::Freed,
+            Kind::Reset | Kind::Unspecified => Self::Reset,
+        }
+    }
 }
 
 impl From<&Service> for pb::Service {

@@ -7,12 +7,14 @@
 
 mod convert;
 mod duration;
+mod event;
 mod range;
 mod role;
 mod service;
 
 pub use convert::ConvertError;
 pub use duration::parse_duration;
+pub use event::EventKind;
 pub use range::{Range, RangeError};
 pub use role::{MAX_NAME_LEN, Pattern, Role, RoleError, validate_name};
 pub use service::Service;

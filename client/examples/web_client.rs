@@ -17,7 +17,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(socket) => break socket,
             Err(e) if attempts < 20 => {
                 attempts += 1;
-                eprintln!("web_client: {} not accepting yet ({e}); retrying", web[0].address());
+                eprintln!(
+                    "web_client: {} not accepting yet ({e}); retrying",
+                    web[0].address()
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             Err(e) => return Err(e.into()),

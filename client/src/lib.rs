@@ -38,8 +38,9 @@ use tokio_stream::wrappers::BroadcastStream;
 pub use catalog::Catalog;
 pub use error::{Error, Result};
 pub use registration::{RegisterOptions, Registration, RegistrationGuard};
+pub use seaport::EventKind;
 pub use seaport::{Pattern, Range, Role, Service};
-pub use watch::{Event, EventKind, WatchStream};
+pub use watch::{Event, WatchStream};
 
 use session::{Conn, Shared};
 

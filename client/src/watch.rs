@@ -3,29 +3,12 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use seaport::{Service, pb};
+use seaport::{EventKind, Service, pb};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 
 use crate::{Error, Result, SeaportClient};
-
-/// What a watch event says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    /// The service matched when the snapshot was taken.
-    Existing,
-    /// The snapshot is complete; live changes follow.
-    Synced,
-    /// The service was registered (or entered the watched set).
-    Registered,
-    /// The service's metadata changed.
-    Updated,
-    /// The service was freed (or left the watched set).
-    Freed,
-    /// Forget what you have: a fresh snapshot and `Synced` follow.
-    Reset,
-}
 
 /// One event of a watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,15 +25,7 @@ impl TryFrom<pb::WatchEvent> for Event {
     type Error = Error;
 
     fn try_from(e: pb::WatchEvent) -> Result<Self> {
-        use pb::watch_event::Kind;
-        let kind = match e.kind() {
-            Kind::Existing => EventKind::Existing,
-            Kind::Synced => EventKind::Synced,
-            Kind::Registered => EventKind::Registered,
-            Kind::Updated => EventKind::Updated,
-            Kind::Freed => EventKind::Freed,
-            Kind::Reset | Kind::Unspecified => EventKind::Reset,
-        };
+        let kind = EventKind::from(e.kind());
         Ok(Event {
             kind,
             service: e.service.map(Service::try_from).transpose()?,

@@ -15,8 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Auth;
 use crate::registry::{
-    MetadataChange, NewService, Registry, RegistryError, Selector, WatchEvent, WatchKind,
-    namespace_or_default,
+    MetadataChange, NewService, Registry, RegistryError, Selector, WatchEvent, namespace_or_default,
 };
 use seaport::Role;
 use status::reject;
@@ -72,17 +71,8 @@ fn services(list: Vec<std::sync::Arc<seaport::Service>>) -> Vec<pb::Service> {
 }
 
 fn watch_event(event: WatchEvent) -> pb::WatchEvent {
-    use pb::watch_event::Kind;
-    let kind = match event.kind {
-        WatchKind::Existing => Kind::Existing,
-        WatchKind::Synced => Kind::Synced,
-        WatchKind::Registered => Kind::Registered,
-        WatchKind::Updated => Kind::Updated,
-        WatchKind::Freed => Kind::Freed,
-        WatchKind::Reset => Kind::Reset,
-    };
     pb::WatchEvent {
-        kind: kind as i32,
+        kind: pb::watch_event::Kind::from(event.kind) as i32,
         service: event.service.map(|s| pb::Service::from(&*s)),
         revision: event.revision,
     }

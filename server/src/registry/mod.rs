@@ -20,7 +20,8 @@ use tokio::time::Instant;
 
 pub use error::{RegistryError, Result};
 pub use limits::Limits;
-pub use watch::{Change, ChangeKind, Selector, Watch, WatchEvent, WatchKind};
+pub use seaport::EventKind;
+pub use watch::{Change, ChangeKind, Selector, Watch, WatchEvent};
 
 use index::Index;
 use ports::Ports;
@@ -433,7 +434,7 @@ impl Registry {
             loop {
                 match feed.recv().await {
                     Ok(change) => {
-                        if matches!(selector.classify(&change), Some(WatchKind::Registered)) {
+                        if matches!(selector.classify(&change), Some(EventKind::Registered)) {
                             break;
                         }
                     }
@@ -469,7 +470,7 @@ impl Registry {
                 })
                 .collect();
             pending.push_back(WatchEvent {
-                kind: WatchKind::Synced,
+                kind: EventKind::Synced,
                 service: None,
                 revision: state.revision,
             });
@@ -481,7 +482,7 @@ impl Registry {
         if since > 0 {
             let revision = pending.back().map_or(0, |e| e.revision);
             pending.push_front(WatchEvent {
-                kind: WatchKind::Reset,
+                kind: EventKind::Reset,
                 service: None,
                 revision,
             });
@@ -502,13 +503,13 @@ impl Registry {
             .select(selector)
             .into_iter()
             .map(|s| WatchEvent {
-                kind: WatchKind::Existing,
+                kind: EventKind::Existing,
                 service: Some(s),
                 revision,
             })
             .collect();
         pending.push_back(WatchEvent {
-            kind: WatchKind::Synced,
+            kind: EventKind::Synced,
             service: None,
             revision,
         });

@@ -77,18 +77,18 @@ async fn a_watcher_that_falls_behind_is_reset_with_a_fresh_snapshot() {
     let (registry, _guard) = Registry::new(limits);
     let s = registry.open_session(None, "h".into(), String::new());
     let mut watch = registry.watch(selector("web"), 0);
-    assert_eq!(watch.next().await.kind, WatchKind::Synced);
+    assert_eq!(watch.next().await.kind, EventKind::Synced);
     for _ in 0..10 {
         register(&registry, &s.id, "web@1.0.0");
     }
     let reset = watch.next().await;
-    assert_eq!(reset.kind, WatchKind::Reset);
+    assert_eq!(reset.kind, EventKind::Reset);
     let mut existing = 0;
     loop {
         let e = watch.next().await;
         match e.kind {
-            WatchKind::Existing => existing += 1,
-            WatchKind::Synced => break,
+            EventKind::Existing => existing += 1,
+            EventKind::Synced => break,
             other => panic!("unexpected {other:?}"),
         }
     }

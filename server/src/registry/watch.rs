@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use seaport::{Pattern, Service};
+use seaport::{EventKind, Pattern, Service};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::Registry;
@@ -35,17 +35,17 @@ impl Selector {
 
     /// What `change` means to someone watching this selector's set, if
     /// anything: an update can move a service into or out of the set.
-    pub fn classify(&self, change: &Change) -> Option<WatchKind> {
+    pub fn classify(&self, change: &Change) -> Option<EventKind> {
         let now = self.matches(&change.service);
         match change.kind {
-            ChangeKind::Registered => now.then_some(WatchKind::Registered),
-            ChangeKind::Freed => now.then_some(WatchKind::Freed),
+            ChangeKind::Registered => now.then_some(EventKind::Registered),
+            ChangeKind::Freed => now.then_some(EventKind::Freed),
             ChangeKind::Updated => {
                 let before = change.previous.as_deref().is_some_and(|p| self.matches(p));
                 match (before, now) {
-                    (true, true) => Some(WatchKind::Updated),
-                    (false, true) => Some(WatchKind::Registered),
-                    (true, false) => Some(WatchKind::Freed),
+                    (true, true) => Some(EventKind::Updated),
+                    (false, true) => Some(EventKind::Registered),
+                    (true, false) => Some(EventKind::Freed),
                     (false, false) => None,
                 }
             }
@@ -77,28 +77,11 @@ pub struct Change {
     pub previous: Option<Arc<Service>>,
 }
 
-/// What one watcher is told.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WatchKind {
-    /// In the set when the snapshot was taken.
-    Existing,
-    /// The snapshot (or replay) is complete.
-    Synced,
-    /// Entered the set.
-    Registered,
-    /// Changed while in the set.
-    Updated,
-    /// Left the set.
-    Freed,
-    /// Forget everything: a fresh snapshot follows.
-    Reset,
-}
-
 /// One event of a watch.
 #[derive(Clone, Debug)]
 pub struct WatchEvent {
     /// What happened.
-    pub kind: WatchKind,
+    pub kind: EventKind,
     /// The service concerned (none for Synced and Reset).
     pub service: Option<Arc<Service>>,
     /// Revision of the change, or of the snapshot.
@@ -152,7 +135,7 @@ impl Watch {
                     let (feed, mut pending) = self.registry.snapshot(&self.selector);
                     let revision = pending.back().map_or(0, |e| e.revision);
                     pending.push_front(WatchEvent {
-                        kind: WatchKind::Reset,
+                        kind: EventKind::Reset,
                         service: None,
                         revision,
                     });
