@@ -391,3 +391,30 @@ async fn completions_are_printed_for_bash() {
     assert!(out.status.success());
     assert!(stdout(&out).contains("seaportctl"));
 }
+
+#[tokio::test]
+async fn free_and_update_of_another_sessions_registration_are_refused_with_exit_3() {
+    let server = server().await;
+    let owner = client(server.addr).await;
+    let web = owner
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    for args in [
+        vec!["free", web.id()],
+        vec!["update", web.id(), "--meta", "zone=b"],
+    ] {
+        let out = run(server.addr, &args).await;
+        assert_eq!(out.status.code(), Some(3), "{args:?}");
+        assert!(
+            stderr(&out).contains("belongs to another session"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        owner.query("web").await.unwrap().len(),
+        1,
+        "nothing changed"
+    );
+}

@@ -307,8 +307,35 @@ async fn the_policy_decides_who_registers_what_and_who_frees_anything() {
         .unwrap_err();
     assert_eq!(update_by_bob.code(), Some(Code::PermissionDenied));
 
-    // The admin frees it, here through seaportctl.
+    // The owning identity may update it from another session: here seaportctl's.
     let d = dir.0.display().to_string();
+    let out = seaportctl(&[
+        "--server",
+        &server.addr.to_string(),
+        "--ca",
+        &format!("{d}/ca.pem"),
+        "--cert",
+        &format!("{d}/client-alice.pem"),
+        "--key",
+        &format!("{d}/client-alice-key.pem"),
+        "update",
+        web.id(),
+        "--meta",
+        "zone=b",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("zone=b"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The admin frees it, here through seaportctl.
     let out = seaportctl(&[
         "--server",
         &server.addr.to_string(),
