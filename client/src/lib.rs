@@ -97,10 +97,20 @@ pub struct Options {
 
 /// TLS settings: the CA that signs the server's certificate and, for mTLS,
 /// this client's certificate and key (all PEM).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 struct Tls {
     ca: Option<Vec<u8>>,
     identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Never prints the key: options end up in logs.
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca", &self.ca.is_some())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
 }
 
 impl Default for Options {

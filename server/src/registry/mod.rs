@@ -160,11 +160,6 @@ impl Registry {
         (registry.clone(), ReaperGuard(registry))
     }
 
-    /// The limits this registry enforces.
-    pub fn limits(&self) -> &Limits {
-        &self.shared.limits
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug; the state it
         // guards is still consistent map by map, so keep serving.
@@ -564,11 +559,6 @@ impl Registry {
             }
         }
         state.sessions.next_deadline()
-    }
-
-    /// Number of open sessions (the server's own included).
-    pub fn session_count(&self) -> usize {
-        self.lock().sessions.open.len()
     }
 }
 
