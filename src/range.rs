@@ -13,6 +13,10 @@ use std::str::FromStr;
 
 use semver::{BuildMetadata, Prerelease, Version};
 
+/// The largest version number npm accepts (JavaScript's MAX_SAFE_INTEGER);
+/// it also keeps `n + 1` in the desugaring from overflowing.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
 /// A malformed range; the message names the part that is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{part:?} {reason}")]
@@ -214,8 +218,15 @@ fn parse_partial(text: &str) -> Result<Partial, RangeError> {
                         && n.bytes().all(|b| b.is_ascii_digit())) =>
             {
                 n.parse::<u64>()
+                    .ok()
+                    .filter(|v| *v <= MAX_SAFE_INTEGER)
                     .map(|v| Some(Some(v)))
-                    .map_err(|_| err(text, "has a number too large"))
+                    .ok_or_else(|| {
+                        err(
+                            text,
+                            "has a number too large (the limit is 2^53-1, as in npm)",
+                        )
+                    })
             }
             Some(_) => Err(err(
                 text,
@@ -421,6 +432,15 @@ mod tests {
         let e = "01.2.3".parse::<Range>().unwrap_err().to_string();
         assert!(e.contains("without leading zeros"), "{e}");
         assert!("web".parse::<Range>().is_err());
+        let e = "18446744073709551615.x"
+            .parse::<Range>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has a number too large"), "{e}");
+        assert!(
+            "^9007199254740991".parse::<Range>().is_ok(),
+            "the largest safe number parses"
+        );
         assert!(">>1".parse::<Range>().is_err());
     }
 }

@@ -75,6 +75,7 @@ async fn an_invalid_range_is_an_error_never_a_string_match() {
         ("web@1.2.3.4", "has more than three version parts"),
         ("web@>>1", "has two operators"),
         ("web@latest", "is not a version"),
+        ("web@18446744073709551615.x", "has a number too large"),
         ("web@", "nothing after `@`"),
         ("Web", "use lowercase letters"),
     ] {
