@@ -8,6 +8,7 @@
 mod convert;
 mod duration;
 mod event;
+mod metadata;
 mod range;
 mod role;
 mod service;
@@ -15,6 +16,7 @@ mod service;
 pub use convert::ConvertError;
 pub use duration::parse_duration;
 pub use event::EventKind;
+pub use metadata::Metadata;
 pub use range::{Range, RangeError};
 pub use role::{MAX_NAME_LEN, Pattern, Role, RoleError, validate_name};
 pub use service::Service;

@@ -1,8 +1,8 @@
 //! One registration, as every part of Seaport sees it.
 
-use std::collections::BTreeMap;
-
 use semver::Version;
+
+use crate::Metadata;
 
 /// One registration: where an instance of `name@version` listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct Service {
     /// Port where the service listens.
     pub port: u16,
     /// Free-form metadata, kept sorted so output is stable.
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
     /// Namespace the registration lives in.
     pub namespace: String,
     /// Identity that registered it (empty without mTLS).

@@ -1,9 +1,9 @@
 //! How seaportctl prints services and events: a table for people, JSON for
 //! programs. Tests pin these formats; change them only on purpose.
 
-use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use seaport::Metadata;
 use seaport_client::{Event, EventKind, Service};
 use serde_json::{Value, json};
 
@@ -16,7 +16,7 @@ pub(crate) enum Format {
     Json,
 }
 
-pub(crate) fn metadata_text(metadata: &BTreeMap<String, String>) -> String {
+pub(crate) fn metadata_text(metadata: &Metadata) -> String {
     metadata
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -33,7 +33,7 @@ pub(crate) fn service_json(s: &Service) -> Value {
         "host": s.host,
         "port": s.port,
         "address": s.address(),
-        "metadata": s.metadata,
+        "metadata": s.metadata.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>(),
         "namespace": s.namespace,
         "owner": s.owner,
         "session_id": s.session_id,

@@ -4,7 +4,6 @@
 mod heartbeat;
 mod status;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,7 +179,7 @@ impl RegistryApi for RegistryService {
         let actor = self.auth.caller(&request, "Update", true)?;
         let r = request.into_inner();
         let change = MetadataChange {
-            set: r.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+            set: r.metadata.into_iter().collect(),
             merge: r.merge,
             remove: r.remove_keys,
         };

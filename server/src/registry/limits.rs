@@ -1,9 +1,10 @@
 //! The bounds the registry enforces, so that one client cannot exhaust the
 //! server.
 
-use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::time::Duration;
+
+use seaport::Metadata;
 
 use super::RegistryError;
 
@@ -65,7 +66,7 @@ impl Limits {
     }
 
     /// Checks metadata against the bounds, naming the one exceeded.
-    pub fn check_metadata(&self, metadata: &BTreeMap<String, String>) -> Result<(), RegistryError> {
+    pub fn check_metadata(&self, metadata: &Metadata) -> Result<(), RegistryError> {
         let invalid = |msg: String| Err(RegistryError::Invalid(msg));
         if metadata.len() > self.max_metadata_entries {
             return invalid(format!(
@@ -75,7 +76,7 @@ impl Limits {
             ));
         }
         let mut total = 0;
-        for (k, v) in metadata {
+        for (k, v) in metadata.iter() {
             if k.is_empty() {
                 return invalid("metadata has an empty key; every key needs a name".into());
             }

@@ -2,6 +2,7 @@
 //! sessions that own them and the ports they use, and publishes every
 //! change on a feed that wakes `get` waiters and watches.
 
+mod by_id;
 mod error;
 mod index;
 mod limits;
@@ -9,12 +10,12 @@ mod ports;
 mod sessions;
 mod watch;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use seaport::{Role, Service, validate_name};
+use seaport::{Metadata, Role, Service, validate_name};
 use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
@@ -23,6 +24,7 @@ pub use limits::Limits;
 pub use seaport::EventKind;
 pub use watch::{Change, ChangeKind, Selector, Watch, WatchEvent};
 
+use by_id::ServicesById;
 use index::Index;
 use ports::Ports;
 use sessions::{Session, Sessions};
@@ -48,7 +50,7 @@ struct Shared {
 struct State {
     revision: u64,
     index: Index,
-    by_id: BTreeMap<String, Arc<Service>>,
+    by_id: ServicesById,
     ports: Ports,
     sessions: Sessions,
     /// The last `limits.history` changes, for watches resuming by revision.
@@ -84,14 +86,14 @@ pub struct NewService {
     /// Id; empty means generate one.
     pub id: String,
     /// Metadata.
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
 }
 
 /// A metadata change.
 #[derive(Clone, Debug, Default)]
 pub struct MetadataChange {
     /// Pairs to set.
-    pub set: BTreeMap<String, String>,
+    pub set: Metadata,
     /// Merge into the existing metadata instead of replacing it.
     pub merge: bool,
     /// Keys to remove when merging.
@@ -142,7 +144,7 @@ impl Registry {
         let state = State {
             revision: first_revision(),
             index: Index::default(),
-            by_id: BTreeMap::new(),
+            by_id: ServicesById::default(),
             ports: Ports::new(limits.port_range.clone(), limits.port_quarantine),
             sessions: Sessions::default(),
             history: VecDeque::new(),
@@ -319,20 +321,24 @@ impl Registry {
                 }
             })?
         } else {
-            if let Some(holder) = state.ports.holder(&host, port) {
-                let holder = &state.by_id[holder];
+            if let Some(holder_id) = state.ports.holder(&host, port) {
+                let holder_role = state
+                    .by_id
+                    .get(holder_id)
+                    .map_or_else(|| "another service".into(), |h| h.role());
+                let holder_id = holder_id.to_string();
                 return Err(RegistryError::PortTaken {
                     host,
                     port,
-                    holder_role: holder.role(),
-                    holder_id: holder.id.clone(),
+                    holder_role,
+                    holder_id,
                 });
             }
             port
         };
         let id = if new.id.is_empty() {
             std::iter::repeat_with(random_id)
-                .find(|id| !state.by_id.contains_key(id))
+                .find(|id| !state.by_id.contains(id))
                 .expect("ids are endless")
         } else {
             new.id
@@ -354,7 +360,7 @@ impl Registry {
         });
         state.ports.hold(&service.host, port, &id);
         state.index.insert(service.clone());
-        state.by_id.insert(id.clone(), service.clone());
+        state.by_id.put(service.clone());
         if let Some(session) = state.sessions.open.get_mut(&new.session_id) {
             session.services.insert(id);
         }
@@ -376,7 +382,7 @@ impl Registry {
         let mut metadata = if change.merge {
             previous.metadata.clone()
         } else {
-            BTreeMap::new()
+            Metadata::new()
         };
         if change.merge {
             for key in &change.remove {
@@ -391,7 +397,7 @@ impl Registry {
             ..(*previous).clone()
         });
         state.index.insert(service.clone());
-        state.by_id.insert(id.to_string(), service.clone());
+        state.by_id.put(service.clone());
         self.publish(state, ChangeKind::Updated, service.clone(), Some(previous));
         Ok(service)
     }

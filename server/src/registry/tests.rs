@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 fn selector(pattern: &str) -> Selector {

@@ -1,0 +1,59 @@
+//! Services by id, holding each service's `Arc` and nothing else: the id is
+//! read from the service, not stored again as a key.
+
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use seaport::Service;
+
+/// A service hashed and compared by its id.
+#[derive(Debug)]
+struct ById(Arc<Service>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must hash as the `str` it borrows as.
+        self.0.id.as_str().hash(state);
+    }
+}
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}
+
+/// Every live service, by id.
+#[derive(Debug, Default)]
+pub(crate) struct ServicesById {
+    services: HashSet<ById>,
+}
+
+impl ServicesById {
+    pub(crate) fn get(&self, id: &str) -> Option<&Arc<Service>> {
+        self.services.get(id).map(|s| &s.0)
+    }
+
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.services.contains(id)
+    }
+
+    /// Adds the service, or replaces the one with its id.
+    pub(crate) fn put(&mut self, service: Arc<Service>) {
+        self.services.replace(ById(service));
+    }
+
+    pub(crate) fn remove(&mut self, id: &str) -> Option<Arc<Service>> {
+        self.services.take(id).map(|s| s.0)
+    }
+}
