@@ -107,12 +107,7 @@ pub async fn run_with_admin(
         ));
     }
     if tls.is_some() || config.policy.is_some() {
-        tokio::spawn(reload::watch(
-            config.clone(),
-            tls.clone(),
-            auth.clone(),
-            stop_rx.clone(),
-        ));
+        reload::start(config.clone(), tls.clone(), auth.clone(), stop_rx.clone());
     }
     let router = Server::builder()
         .max_concurrent_streams(Some(config.max_concurrent_streams))

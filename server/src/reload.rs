@@ -61,17 +61,30 @@ fn reload(config: &Config, tls: Option<&SharedTlsConfig>, auth: &Auth) {
     tracing::info!("reloaded certificates, client CA and policy");
 }
 
-/// Runs until `stop` flips to true.
-pub(crate) async fn watch(
+/// Starts watching until `stop` flips to true. The SIGHUP handler is
+/// installed before this returns, so a SIGHUP sent as soon as the server is
+/// up reloads rather than ending the process.
+pub(crate) fn start(
     config: Config,
     tls: Option<SharedTlsConfig>,
     auth: Arc<Auth>,
+    stop: watch::Receiver<bool>,
+) {
+    match signal(SignalKind::hangup()) {
+        Ok(hup) => {
+            tokio::spawn(watch(config, tls, auth, hup, stop));
+        }
+        Err(e) => tracing::warn!("no SIGHUP reloads: {e}"),
+    }
+}
+
+async fn watch(
+    config: Config,
+    tls: Option<SharedTlsConfig>,
+    auth: Arc<Auth>,
+    mut hup: tokio::signal::unix::Signal,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => return tracing::warn!("no SIGHUP reloads: {e}"),
-    };
     let files = files(&config);
     let mut seen = stamps(&files);
     let mut poll = tokio::time::interval(POLL);
