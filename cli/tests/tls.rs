@@ -147,6 +147,19 @@ async fn client(addr: SocketAddr, dir: &Path, name: &str) -> SeaportClient {
         .unwrap()
 }
 
+/// A Query over a fresh TLS connection as `who`; any failure as text.
+async fn try_query(
+    addr: SocketAddr,
+    ca_dir: &Path,
+    who: Option<(&Path, &str)>,
+) -> Result<(), String> {
+    let mut c = raw(addr, ca_dir, who).await.map_err(|e| e.to_string())?;
+    c.query(query(""))
+        .await
+        .map(|_| ())
+        .map_err(|s| s.to_string())
+}
+
 fn query(pattern: &str) -> pb::QueryRequest {
     pb::QueryRequest {
         pattern: pattern.into(),
@@ -252,13 +265,9 @@ async fn a_certificate_from_another_ca_or_expired_fails_the_handshake() {
 
     let server = server(&dir.0, dir.0.join("ca.pem"), None, false).await;
     for (certs_dir, who) in [(&other.0, "mallory"), (&dir.0, "late")] {
-        let attempt = async {
-            let mut c = raw(server.addr, &dir.0, Some((certs_dir, who)))
-                .await
-                .map_err(|e| e.to_string())?;
-            c.query(query("")).await.map_err(|s| s.to_string())
-        };
-        let refused = attempt.await.expect_err("the handshake must fail");
+        let refused = try_query(server.addr, &dir.0, Some((certs_dir, who)))
+            .await
+            .expect_err("the handshake must fail");
         assert!(!refused.is_empty(), "{who}: {refused}");
     }
     let mut alice = raw(server.addr, &dir.0, Some((&dir.0, "alice")))
@@ -374,30 +383,17 @@ async fn sighup_rotates_the_client_ca_without_dropping_sessions() {
         .register("web@1.0.0", RegisterOptions::default())
         .await
         .unwrap();
-    let carol_tls = |addr| raw(addr, &dir.0, Some((&next.0, "carol")));
-    let before = async {
-        carol_tls(server.addr)
-            .await
-            .map_err(|e| e.to_string())?
-            .query(query(""))
-            .await
-            .map_err(|s| s.to_string())
-    };
-    assert!(before.await.is_err(), "carol's CA is not trusted yet");
+    let carol = Some((next.0.as_path(), "carol"));
+    assert!(
+        try_query(server.addr, &dir.0, carol).await.is_err(),
+        "carol's CA is not trusted yet"
+    );
 
     std::fs::write(&bundle, pem(&next.0, "ca.pem")).unwrap();
     nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let attempt = async {
-            carol_tls(server.addr)
-                .await
-                .map_err(|e| e.to_string())?
-                .query(query(""))
-                .await
-                .map_err(|s| s.to_string())
-        };
-        if attempt.await.is_ok() {
+        if try_query(server.addr, &dir.0, carol).await.is_ok() {
             break;
         }
         assert!(
