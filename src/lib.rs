@@ -21,7 +21,7 @@ pub use range::{Range, RangeError};
 pub use role::{MAX_NAME_LEN, Pattern, Role, RoleError, validate_name};
 pub use service::Service;
 
-/// Code generated from the proto: messages, the `Registry` client and server.
+/// Code generated from the proto: messages and the `Registry` client.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod pb {
     tonic::include_proto!("seaport.v1");

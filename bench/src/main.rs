@@ -44,6 +44,9 @@ struct Args {
     /// Watcher counts for fan-out.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     watchers: Vec<usize>,
+    /// Changes sent to the same watchers, one at a time, in each fan-out scenario.
+    #[arg(long, default_value_t = 5)]
+    fanout_rounds: usize,
     /// Idle heartbeating sessions whose server CPU is measured.
     #[arg(long, default_value_t = 10_000)]
     idle_sessions: usize,
@@ -66,6 +69,9 @@ struct Row {
     p99_us: u32,
     baseline_rate: Option<f64>,
     baseline_p99_us: Option<u32>,
+    /// Server CPU per operation, and per health check, in microseconds.
+    cpu_us: Option<f64>,
+    baseline_cpu_us: Option<f64>,
     note: String,
 }
 
@@ -78,6 +84,8 @@ impl Row {
             p99_us: s.quantile(0.99),
             baseline_rate: baseline.as_ref().map(Sample::rate),
             baseline_p99_us: baseline.as_mut().map(|b| b.quantile(0.99)),
+            cpu_us: s.cpu_per_op_us(),
+            baseline_cpu_us: baseline.as_ref().and_then(Sample::cpu_per_op_us),
             note,
         }
     }
@@ -86,6 +94,7 @@ impl Row {
         json!({
             "scenario": self.scenario, "rate_per_s": self.rate, "p50_us": self.p50_us, "p99_us": self.p99_us,
             "health_rate_per_s": self.baseline_rate, "health_p99_us": self.baseline_p99_us,
+            "server_cpu_us_per_op": self.cpu_us, "server_cpu_us_per_health_check": self.baseline_cpu_us,
             "rate_vs_health": self.rate.zip(self.baseline_rate).map(|(r, b)| r / b), "note": self.note,
         })
     }
@@ -93,8 +102,8 @@ impl Row {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<44} {:>11} {:>9} {:>9} {:>11} {:>7}  note",
-        "scenario", "rate/s", "p50 us", "p99 us", "health/s", "ratio"
+        "{:<44} {:>11} {:>9} {:>9} {:>11} {:>7} {:>8} {:>8}  note",
+        "scenario", "rate/s", "p50 us", "p99 us", "health/s", "ratio", "cpu us", "hc us"
     );
     for r in rows {
         let rate = r.rate.map_or("-".into(), |v| format!("{v:.0}"));
@@ -103,11 +112,30 @@ fn print_table(rows: &[Row]) {
             .rate
             .zip(r.baseline_rate)
             .map_or("-".into(), |(a, b)| format!("{:.2}", a / b));
+        let cpu = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
         println!(
-            "{:<44} {:>11} {:>9} {:>9} {:>11} {:>7}  {}",
-            r.scenario, rate, r.p50_us, r.p99_us, base, ratio, r.note
+            "{:<44} {:>11} {:>9} {:>9} {:>11} {:>7} {:>8} {:>8}  {}",
+            r.scenario,
+            rate,
+            r.p50_us,
+            r.p99_us,
+            base,
+            ratio,
+            cpu(r.cpu_us),
+            cpu(r.baseline_cpu_us),
+            r.note
         );
     }
+}
+
+/// Runs a scenario and notes the server's CPU time over it, when the
+/// server is our child.
+async fn with_cpu(pid: Option<u32>, scenario: impl Future<Output = Sample>) -> Sample {
+    let before = pid.and_then(server::cpu_time);
+    let mut sample = scenario.await;
+    let after = pid.and_then(server::cpu_time);
+    sample.server_cpu = before.zip(after).map(|(a, b)| b.saturating_sub(a));
+    sample
 }
 
 #[tokio::main]
@@ -138,12 +166,13 @@ async fn main() {
         }
     };
     let channels = scenarios::connect(server.addr, args.connections).await;
+    let pid = server.pid();
     let mut rows = Vec::new();
     let d = args.duration;
 
     for &n in &args.sessions {
-        let baseline = scenarios::health(&channels, n, d).await;
-        let sample = scenarios::register_free(&channels, n, d).await;
+        let baseline = with_cpu(pid, scenarios::health(&channels, n, d)).await;
+        let sample = with_cpu(pid, scenarios::register_free(&channels, n, d)).await;
         rows.push(Row::from(
             format!("register+free, {n} sessions"),
             sample,
@@ -170,16 +199,16 @@ async fn main() {
         );
         filled = size;
         let c = args.query_concurrency;
-        let baseline = scenarios::health(&channels, c, d).await;
-        let hit = scenarios::query(&channels, c, d, "svc-42@1.x").await;
+        let baseline = with_cpu(pid, scenarios::health(&channels, c, d)).await;
+        let hit = with_cpu(pid, scenarios::query(&channels, c, d, "svc-42@1.x")).await;
         rows.push(Row::from(
             format!("query hit (4 of {size})"),
             hit,
             Some(baseline),
             String::new(),
         ));
-        let baseline = scenarios::health(&channels, c, d).await;
-        let miss = scenarios::query(&channels, c, d, "nosuch@1.x").await;
+        let baseline = with_cpu(pid, scenarios::health(&channels, c, d)).await;
+        let miss = with_cpu(pid, scenarios::query(&channels, c, d, "nosuch@1.x")).await;
         rows.push(Row::from(
             format!("query miss (0 of {size})"),
             miss,
@@ -196,6 +225,8 @@ async fn main() {
             p99_us: 0,
             baseline_rate: None,
             baseline_p99_us: None,
+            cpu_us: None,
+            baseline_cpu_us: None,
             note: format!(
                 "RSS {:.0} MiB, {per:.0} bytes/registration",
                 after as f64 / 1048576.0
@@ -213,7 +244,8 @@ async fn main() {
     ));
 
     for &w in &args.watchers {
-        let mut fan = scenarios::watch_fanout(&channels, w, 3).await;
+        let (mut fan, cpu) =
+            scenarios::watch_fanout(&channels, w, args.fanout_rounds, server.pid()).await;
         let worst = fan.quantile(1.0);
         let mut row = Row::from(
             format!("watch fan-out, {w} watchers"),
@@ -223,9 +255,16 @@ async fn main() {
         );
         row.rate = None;
         row.note = format!(
-            "one register until all have it: worst of 3 rounds {:.1} ms",
+            "one register until all have it: worst of {} rounds {:.1} ms",
+            args.fanout_rounds,
             f64::from(worst) / 1000.0
         );
+        if let Some(cpu) = cpu {
+            row.note += &format!(
+                "; seaportd CPU {:.0} ms a round",
+                cpu.as_secs_f64() * 1000.0
+            );
+        }
         rows.push(row);
     }
 
@@ -261,6 +300,8 @@ async fn main() {
                 p99_us: 0,
                 baseline_rate: None,
                 baseline_p99_us: None,
+                cpu_us: None,
+                baseline_cpu_us: None,
                 note: format!("server CPU {share:.2}% of one core"),
             });
         }

@@ -266,67 +266,79 @@ pub(crate) async fn get_wakeup(channel: &Channel, rounds: usize) -> Sample {
 }
 
 /// Time from one Register until every one of `watchers` watchers (spread
-/// over the channels) has received it; one figure per round.
-pub(crate) async fn watch_fanout(channels: &[Channel], watchers: usize, rounds: usize) -> Sample {
+/// over the channels) has received it; one figure per round, the same
+/// watchers in every round. Also the server's CPU time a round, when it is
+/// our child (`pid`), to tell its share from the watchers' own in this
+/// process.
+pub(crate) async fn watch_fanout(
+    channels: &[Channel],
+    watchers: usize,
+    rounds: usize,
+    pid: Option<u32>,
+) -> (Sample, Option<Duration>) {
     let session = Session::open(channels[0].clone(), 600_000).await;
     let mut client = RegistryClient::new(channels[0].clone());
+    let ready = Arc::new(Barrier::new(watchers + 1));
+    let (arrived_tx, mut arrived) = mpsc::channel::<Instant>(watchers);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..watchers {
+        let (ready, arrived_tx, channel) = (
+            ready.clone(),
+            arrived_tx.clone(),
+            channels[w % channels.len()].clone(),
+        );
+        tasks.spawn(async move {
+            let request = pb::WatchRequest {
+                pattern: "fan".into(),
+                ..Default::default()
+            };
+            let mut stream = RegistryClient::new(channel)
+                .watch(request)
+                .await
+                .unwrap()
+                .into_inner();
+            while let Some(e) = stream.message().await.unwrap() {
+                if e.kind() == Kind::Synced {
+                    break;
+                }
+            }
+            ready.wait().await;
+            while let Some(e) = stream.message().await.unwrap() {
+                if e.kind() == Kind::Registered && arrived_tx.send(Instant::now()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    ready.wait().await;
     let mut sample = Sample::default();
+    let mut server_cpu = pid.map(|_| Duration::ZERO);
     let started = Instant::now();
-    for round in 0..rounds {
-        let name = format!("fan-{round}");
-        let ready = Arc::new(Barrier::new(watchers + 1));
-        let (arrived_tx, mut arrived) = mpsc::channel::<Instant>(watchers);
-        let mut tasks = tokio::task::JoinSet::new();
-        for w in 0..watchers {
-            let (ready, arrived_tx, channel, pattern) = (
-                ready.clone(),
-                arrived_tx.clone(),
-                channels[w % channels.len()].clone(),
-                name.clone(),
-            );
-            tasks.spawn(async move {
-                let request = pb::WatchRequest {
-                    pattern,
-                    ..Default::default()
-                };
-                let mut stream = RegistryClient::new(channel)
-                    .watch(request)
-                    .await
-                    .unwrap()
-                    .into_inner();
-                while let Some(e) = stream.message().await.unwrap() {
-                    if e.kind() == Kind::Synced {
-                        break;
-                    }
-                }
-                ready.wait().await;
-                while let Some(e) = stream.message().await.unwrap() {
-                    if e.kind() == Kind::Registered {
-                        let _ = arrived_tx.send(Instant::now()).await;
-                        return;
-                    }
-                }
-            });
-        }
-        drop(arrived_tx);
-        ready.wait().await;
+    for _ in 0..rounds {
+        let cpu0 = pid.and_then(crate::server::cpu_time);
         let t0 = Instant::now();
         let request = pb::RegisterRequest {
             session_id: session.id.clone(),
-            role: name,
+            role: "fan".into(),
             ..Default::default()
         };
         client.register(request).await.unwrap();
         let mut last = t0;
-        let mut count = 0;
-        while let Some(at) = arrived.recv().await {
+        for _ in 0..watchers {
+            let at = arrived
+                .recv()
+                .await
+                .expect("every watcher receives the event");
             last = last.max(at);
-            count += 1;
         }
-        assert_eq!(count, watchers, "every watcher received the event");
         sample.push(last - t0);
-        tasks.abort_all();
+        let cpu1 = pid.and_then(crate::server::cpu_time);
+        server_cpu = match (server_cpu, cpu0, cpu1) {
+            (Some(total), Some(a), Some(b)) => Some(total + (b - a)),
+            _ => None,
+        };
     }
     sample.elapsed = started.elapsed();
-    sample
+    tasks.abort_all();
+    (sample, server_cpu.map(|t| t / rounds as u32))
 }

@@ -9,6 +9,8 @@ pub(crate) struct Sample {
     latencies: Vec<u32>,
     /// Wall time over which the operations ran.
     pub(crate) elapsed: Duration,
+    /// CPU time the server used meanwhile, when it is our child.
+    pub(crate) server_cpu: Option<Duration>,
 }
 
 impl Sample {
@@ -28,6 +30,12 @@ impl Sample {
     /// Operations per second over the elapsed wall time.
     pub(crate) fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The server's CPU time per operation, in microseconds.
+    pub(crate) fn cpu_per_op_us(&self) -> Option<f64> {
+        let ops = self.latencies.len().max(1) as f64;
+        self.server_cpu.map(|t| t.as_secs_f64() * 1e6 / ops)
     }
 
     /// The `q` quantile in microseconds (0 when empty).
@@ -50,7 +58,9 @@ mod tests {
         let mut s = Sample {
             latencies: (1..=100).collect(),
             elapsed: Duration::from_secs(2),
+            server_cpu: Some(Duration::from_millis(5)),
         };
+        assert_eq!(s.cpu_per_op_us(), Some(50.0));
         assert_eq!(s.quantile(0.5), 51);
         assert_eq!(s.quantile(0.99), 99);
         assert_eq!(s.rate(), 50.0);

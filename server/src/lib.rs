@@ -4,16 +4,26 @@
 
 pub mod admin;
 pub mod auth;
+mod coalesce;
 pub mod config;
 pub mod grpc;
 pub mod registry;
 mod reload;
 pub mod tls;
+mod wire;
+
+/// The server's stubs: `seaport::pb`'s messages, with `Service` encoded by
+/// [`wire`].
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+mod pb {
+    tonic::include_proto!("seaport.v1");
+}
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -129,7 +139,9 @@ pub async fn run_with_admin(
             Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls), drained))
         }
         None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|accepted| accepted.map(coalesce::Coalesced::new));
             Box::pin(router.serve_with_incoming_shutdown(incoming, drained))
         }
     };

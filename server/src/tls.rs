@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::coalesce::Coalesced;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -102,7 +103,7 @@ pub type SharedTlsConfig = Arc<RwLock<Arc<ServerConfig>>>;
 pub fn incoming(
     listener: TcpListener,
     config: SharedTlsConfig,
-) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+) -> ReceiverStream<std::io::Result<TlsStream<Coalesced<TcpStream>>>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -116,7 +117,9 @@ pub fn incoming(
                 TlsAcceptor::from(config.read().unwrap_or_else(|e| e.into_inner()).clone());
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Coalesced::new(tcp)))
+                    .await
+                {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }

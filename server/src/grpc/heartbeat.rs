@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use seaport::pb::{self, heartbeat_request::Kind as In, heartbeat_response::Kind as Out};
+use crate::pb::{self, heartbeat_request::Kind as In, heartbeat_response::Kind as Out};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};

@@ -4,12 +4,15 @@
 mod heartbeat;
 mod status;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use seaport::pb::{self, registry_server::Registry as RegistryApi};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use crate::pb::{self, registry_server::Registry as RegistryApi};
+use crate::wire;
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Auth;
@@ -19,14 +22,11 @@ use crate::registry::{
 use seaport::Role;
 use status::reject;
 
-pub use seaport::pb::registry_server::RegistryServer;
+pub use crate::pb::registry_server::RegistryServer;
 
 /// How much earlier than the call's deadline Get gives up, so that its
 /// DEADLINE_EXCEEDED beats tonic's generic "Timeout expired" cancellation.
 const GET_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
-
-/// Events a watcher may have queued before its task waits for the client.
-const WATCH_QUEUE: usize = 64;
 
 /// The `seaport.v1.Registry` service.
 pub struct RegistryService {
@@ -65,14 +65,14 @@ fn selector(
     })
 }
 
-fn services(list: Vec<std::sync::Arc<seaport::Service>>) -> Vec<pb::Service> {
-    list.iter().map(|s| pb::Service::from(&**s)).collect()
+fn services(list: Vec<Arc<seaport::Service>>) -> Vec<wire::Service> {
+    list.into_iter().map(wire::Service).collect()
 }
 
 fn watch_event(event: WatchEvent) -> pb::WatchEvent {
     pb::WatchEvent {
-        kind: pb::watch_event::Kind::from(event.kind) as i32,
-        service: event.service.map(|s| pb::Service::from(&*s)),
+        kind: seaport::pb::watch_event::Kind::from(event.kind) as i32,
+        service: event.service.map(wire::Service),
         revision: event.revision,
     }
 }
@@ -118,7 +118,7 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[tonic::async_trait]
 impl RegistryApi for RegistryService {
     type HeartbeatStream = heartbeat::HeartbeatStream;
-    type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
     async fn heartbeat(
         &self,
@@ -168,7 +168,7 @@ impl RegistryApi for RegistryService {
             .register(new, &actor)
             .map_err(|e| reject("Register", e))?;
         Ok(Response::new(pb::RegisterResponse {
-            service: Some(pb::Service::from(&*service)),
+            service: Some(wire::Service(service)),
         }))
     }
 
@@ -188,7 +188,7 @@ impl RegistryApi for RegistryService {
             .update(&r.session_id, &r.id, change, &actor)
             .map_err(|e| reject("Update", e))?;
         Ok(Response::new(pb::UpdateResponse {
-            service: Some(pb::Service::from(&*service)),
+            service: Some(wire::Service(service)),
         }))
     }
 
@@ -203,7 +203,7 @@ impl RegistryApi for RegistryService {
             .free(&r.session_id, &r.id, &actor)
             .map_err(|e| reject("Free", e))?;
         Ok(Response::new(pb::FreeResponse {
-            service: Some(pb::Service::from(&*service)),
+            service: Some(wire::Service(service)),
         }))
     }
 
@@ -253,22 +253,16 @@ impl RegistryApi for RegistryService {
         self.auth.caller(&request, "Watch", false)?;
         let r = request.into_inner();
         let selector = selector("Watch", &r.pattern, &r.namespace, r.metadata)?;
-        let mut watch = self.registry.watch(selector, r.since_revision);
-        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-        let mut stop = self.stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    e = watch.next() => e,
-                    _ = tx.closed() => break,
-                    _ = stop.changed() => break,
-                };
-                if tx.send(Ok(watch_event(event))).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let watch = self.registry.watch(selector, r.since_revision);
+        // The stream ends when the server stops; the watch itself never does.
+        let stopping = WatchStream::new(self.stop.clone())
+            .filter(|stop| *stop)
+            .map(|_| None);
+        let events = watch
+            .map(|event| Some(Ok(watch_event(event))))
+            .merge(stopping)
+            .map_while(|item| item);
+        Ok(Response::new(Box::pin(events)))
     }
 }
 

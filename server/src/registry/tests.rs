@@ -1,8 +1,9 @@
 //! Time-based behaviour of the core, with tokio's clock paused.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use std::collections::BTreeMap;
+use tokio_stream::StreamExt;
 
 use super::*;
 
@@ -79,15 +80,15 @@ async fn a_watcher_that_falls_behind_is_reset_with_a_fresh_snapshot() {
     let (registry, _guard) = Registry::new(limits);
     let s = registry.open_session(None, "h".into(), String::new());
     let mut watch = registry.watch(selector("web"), 0);
-    assert_eq!(watch.next().await.kind, EventKind::Synced);
+    assert_eq!(watch.next().await.unwrap().kind, EventKind::Synced);
     for _ in 0..10 {
         register(&registry, &s.id, "web@1.0.0");
     }
-    let reset = watch.next().await;
+    let reset = watch.next().await.unwrap();
     assert_eq!(reset.kind, EventKind::Reset);
     let mut existing = 0;
     loop {
-        let e = watch.next().await;
+        let e = watch.next().await.unwrap();
         match e.kind {
             EventKind::Existing => existing += 1,
             EventKind::Synced => break,

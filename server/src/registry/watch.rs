@@ -4,8 +4,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
 use seaport::{EventKind, Pattern, Service};
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
 use super::Registry;
 
@@ -88,7 +93,8 @@ pub struct WatchEvent {
     pub revision: u64,
 }
 
-/// A live watch: the pending snapshot or replay, then the shared feed.
+/// A live watch: the pending snapshot or replay, then the shared feed, as a
+/// stream the gRPC response reads directly (no task of its own per watcher).
 ///
 /// It reads the registry's broadcast feed, so a watcher that stops reading
 /// costs the others nothing; when it falls further behind than the feed
@@ -96,7 +102,7 @@ pub struct WatchEvent {
 pub struct Watch {
     registry: Registry,
     selector: Selector,
-    feed: broadcast::Receiver<Arc<Change>>,
+    feed: BroadcastStream<Arc<Change>>,
     pending: VecDeque<WatchEvent>,
 }
 
@@ -110,40 +116,45 @@ impl Watch {
         Watch {
             registry,
             selector,
-            feed,
+            feed: BroadcastStream::new(feed),
             pending,
         }
     }
+}
 
-    /// The next event for this watcher; waits for one.
-    pub async fn next(&mut self) -> WatchEvent {
+impl Stream for Watch {
+    type Item = WatchEvent;
+
+    /// The next event for this watcher. The stream ends only if the
+    /// registry does.
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WatchEvent>> {
+        let this = self.get_mut();
         loop {
-            if let Some(event) = self.pending.pop_front() {
-                return event;
+            if let Some(event) = this.pending.pop_front() {
+                return Poll::Ready(Some(event));
             }
-            match self.feed.recv().await {
-                Ok(change) => {
-                    if let Some(kind) = self.selector.classify(&change) {
-                        return WatchEvent {
+            match ready!(Pin::new(&mut this.feed).poll_next(cx)) {
+                Some(Ok(change)) => {
+                    if let Some(kind) = this.selector.classify(&change) {
+                        return Poll::Ready(Some(WatchEvent {
                             kind,
                             service: Some(change.service.clone()),
                             revision: change.revision,
-                        };
+                        }));
                     }
                 }
-                Err(RecvError::Lagged(_)) => {
-                    let (feed, mut pending) = self.registry.snapshot(&self.selector);
+                Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
+                    let (feed, mut pending) = this.registry.snapshot(&this.selector);
                     let revision = pending.back().map_or(0, |e| e.revision);
                     pending.push_front(WatchEvent {
                         kind: EventKind::Reset,
                         service: None,
                         revision,
                     });
-                    self.feed = feed;
-                    self.pending = pending;
+                    this.feed = BroadcastStream::new(feed);
+                    this.pending = pending;
                 }
-                // The registry is gone (the server is stopping); so is the watch.
-                Err(RecvError::Closed) => std::future::pending::<()>().await,
+                None => return Poll::Ready(None),
             }
         }
     }
