@@ -273,17 +273,18 @@ async fn main() {
         for i in 0..args.idle_sessions {
             idle.push(Session::open(channels[i % channels.len()].clone(), 0).await);
         }
-        // Ping at a third of the default 10s ttl, as SeaportClient does, spread evenly.
-        let interval = Duration::from_millis(3333);
+        // Ping at a third of the granted (default) ttl, as every client
+        // library does, spread evenly: session i pings at (i/n + k)
+        // intervals. Timed by the schedule, not by sleeping between pings,
+        // because tokio's timer rounds a sub-millisecond sleep up to 1ms.
+        let interval = idle.first().map_or(Duration::from_secs(10), |s| s.ttl / 3);
         let pinger = tokio::spawn(async move {
-            let mut seq = 0;
-            loop {
-                let gap = interval / idle.len().max(1) as u32;
-                for s in &idle {
-                    s.ping(seq).await;
-                    tokio::time::sleep(gap).await;
-                }
-                seq += 1;
+            let started = tokio::time::Instant::now();
+            let n = idle.len().max(1) as u64;
+            for k in 0u64.. {
+                let due = started + interval.mul_f64(k as f64 / n as f64);
+                tokio::time::sleep_until(due).await;
+                idle[(k % n) as usize].ping(k / n).await;
             }
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -302,7 +303,10 @@ async fn main() {
                 baseline_p99_us: None,
                 cpu_us: None,
                 baseline_cpu_us: None,
-                note: format!("server CPU {share:.2}% of one core"),
+                note: format!(
+                    "server CPU {share:.2}% of one core (a ping each every {:.1}s)",
+                    interval.as_secs_f64()
+                ),
             });
         }
     }

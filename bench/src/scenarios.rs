@@ -33,6 +33,8 @@ pub(crate) async fn connect(addr: std::net::SocketAddr, n: usize) -> Vec<Channel
 /// out its ttl).
 pub(crate) struct Session {
     pub(crate) id: String,
+    /// The ttl the server granted.
+    pub(crate) ttl: Duration,
     tx: mpsc::Sender<pb::HeartbeatRequest>,
     _rx: tonic::Streaming<pb::HeartbeatResponse>,
 }
@@ -60,6 +62,7 @@ impl Session {
         };
         Session {
             id: opened.session_id,
+            ttl: Duration::from_millis(opened.ttl_ms),
             tx,
             _rx: stream,
         }

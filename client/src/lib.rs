@@ -117,7 +117,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             namespace: String::new(),
-            ttl: Duration::from_secs(10),
+            ttl: Duration::ZERO,
             client_name: "seaport-client".into(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
@@ -149,6 +149,7 @@ impl Builder {
     }
 
     /// The session ttl to ask for; the server clamps it to its bounds.
+    /// Unset (zero), the server's `--default-ttl` applies.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.options.ttl = ttl;
         self

@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, env = "SEAPORT_MAX_TTL", default_value = "1h", value_parser = parse_duration)]
     max_ttl: Duration,
     /// Session ttl granted when the client asks for none.
-    #[arg(long, env = "SEAPORT_DEFAULT_TTL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "SEAPORT_DEFAULT_TTL", default_value = "30s", value_parser = parse_duration)]
     default_ttl: Duration,
     /// Registrations one session may hold.
     #[arg(

@@ -55,6 +55,27 @@ async fn serving_after_start_and_not_serving_while_draining() {
     server.stop().await;
 }
 
+/// Long streams end at shutdown, so calls in flight finish well within the
+/// grace instead of holding the server for all of it.
+#[tokio::test]
+async fn shutdown_ends_open_watch_and_heartbeat_streams() {
+    let mut config = test_config();
+    config.shutdown_grace = Duration::from_secs(60);
+    let mut server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let mut session = open(&mut client, 0).await;
+    let mut watcher = crate::watch::watch(&mut client, "web", 0).await;
+    watcher.snapshot().await;
+    server.begin_shutdown();
+    assert!(watcher.ended().await, "the watch ends");
+    assert!(
+        matches!(session.next().await, Ok(None) | Err(_)),
+        "the heartbeat ends"
+    );
+    // Waits at most PATIENCE (10s), far less than the 60s grace.
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn reflection_lists_the_registry_and_health_services() {
     let server = TestServer::start().await;

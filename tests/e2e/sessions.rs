@@ -11,7 +11,7 @@ async fn open_grants_a_clamped_ttl_and_tells_the_client_its_address() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let s = open(&mut client, 0).await;
-    assert_eq!(s.ttl_ms, 10_000, "the default ttl");
+    assert_eq!(s.ttl_ms, 30_000, "the default ttl");
     assert_eq!(s.observed_host, "127.0.0.1");
     assert!(!s.resumed);
     let short = open(&mut client, 1).await;

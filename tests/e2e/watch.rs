@@ -38,6 +38,14 @@ impl Watcher {
             .expect("stream open")
     }
 
+    /// True when the stream ends (cleanly or with a status) in time.
+    pub(crate) async fn ended(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(PATIENCE, self.stream.message()).await,
+            Ok(Ok(None) | Err(_))
+        )
+    }
+
     /// Reads EXISTING events up to SYNCED; returns the services.
     pub(crate) async fn snapshot(&mut self) -> Vec<pb::Service> {
         let mut services = Vec::new();

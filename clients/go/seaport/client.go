@@ -80,7 +80,7 @@ type Option func(*options) error
 // WithNamespace sets the namespace for registrations and queries.
 func WithNamespace(ns string) Option { return func(o *options) error { o.namespace = ns; return nil } }
 
-// WithTTL sets the session ttl to ask for.
+// WithTTL sets the session ttl to ask for; without it the server's --default-ttl applies.
 func WithTTL(ttl time.Duration) Option { return func(o *options) error { o.ttl = ttl; return nil } }
 
 // WithTLS speaks TLS, trusting caPEM; certPEM and keyPEM (may be nil) are the client certificate for mTLS.
@@ -127,7 +127,7 @@ func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) 
 	if len(addrs) == 0 {
 		return nil, errors.New("seaport: give at least one server address")
 	}
-	c := &Client{opts: options{ttl: 10 * time.Second, creds: insecure.NewCredentials()}, addrs: addrs,
+	c := &Client{opts: options{creds: insecure.NewCredentials()}, addrs: addrs,
 		changed: make(chan struct{}), owned: map[string]*pb.RegisterRequest{}, closing: make(chan struct{}), done: make(chan struct{})}
 	for _, o := range opts {
 		if err := o(&c.opts); err != nil {

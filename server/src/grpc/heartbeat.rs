@@ -6,8 +6,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::pb::{self, heartbeat_request::Kind as In, heartbeat_response::Kind as Out};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::WatchStream;
 use tonic::{Status, Streaming};
 
 use super::status::{invalid, reject};
@@ -15,9 +19,6 @@ use crate::registry::{Actor, Registry, SessionInfo};
 
 /// How long a new stream may wait before sending `open` or `resume`.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The stream of server messages on one Heartbeat call.
-pub(crate) type HeartbeatStream = ReceiverStream<Result<pb::HeartbeatResponse, Status>>;
 
 /// The address a client connected from, as registrations should show it:
 /// IPv4-mapped IPv6 becomes plain IPv4.
@@ -36,13 +37,13 @@ fn reply(kind: Out) -> Result<pb::HeartbeatResponse, Status> {
     Ok(pb::HeartbeatResponse { kind: Some(kind) })
 }
 
-/// Handles the first message, then serves the session in a task.
+/// Handles the first message and returns the stream that serves the session.
 pub(crate) async fn serve(
     registry: Registry,
     observed: String,
     actor: Actor,
     mut inbound: Streaming<pb::HeartbeatRequest>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<HeartbeatStream, Status> {
     const RPC: &str = "Heartbeat";
     let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message())
@@ -71,7 +72,6 @@ pub(crate) async fn serve(
         _ => return Err(invalid(RPC, "the first message must be `open` or `resume`")),
     };
 
-    let (tx, rx) = mpsc::channel(8);
     let opened = Out::Opened(pb::SessionOpened {
         session_id: info.id.clone(),
         ttl_ms: info.ttl.as_millis() as u64,
@@ -79,57 +79,93 @@ pub(crate) async fn serve(
         resumed: info.resumed,
         server_version: env!("CARGO_PKG_VERSION").to_string(),
     });
-    tx.send(reply(opened))
-        .await
-        .map_err(|_| Status::cancelled("client went away"))?;
+    Ok(HeartbeatStream {
+        registry,
+        id: info.id,
+        opened: Some(reply(opened)),
+        inbound,
+        stop: WatchStream::new(stop),
+        done: false,
+    })
+}
 
-    let id = info.id;
-    tokio::spawn(async move {
-        loop {
-            let message = tokio::select! {
-                m = inbound.message() => m,
-                _ = stop.changed() => break,
-            };
-            let kind = match message {
-                Ok(Some(m)) => m.kind,
-                Ok(None) | Err(_) => {
-                    tracing::info!(session = %id, "heartbeat stream ended; session kept for its ttl");
-                    break;
+/// The server's side of one Heartbeat call: `opened`, then an answer to
+/// each client message. The response reads the client's messages itself,
+/// so a session costs no task of its own.
+pub struct HeartbeatStream {
+    registry: Registry,
+    id: String,
+    opened: Option<Result<pb::HeartbeatResponse, Status>>,
+    inbound: Streaming<pb::HeartbeatRequest>,
+    /// Yields true when the server stops.
+    stop: WatchStream<bool>,
+    /// Set after the last answer (closed, or an error).
+    done: bool,
+}
+
+impl HeartbeatStream {
+    fn answer(&self, kind: Option<In>) -> Result<pb::HeartbeatResponse, Status> {
+        const RPC: &str = "Heartbeat";
+        let id = &self.id;
+        match kind {
+            Some(In::Ping(ping)) => match self.registry.touch(id) {
+                Ok(()) => reply(Out::Pong(pb::Pong { seq: ping.seq })),
+                Err(e) => Err(reject(RPC, e)),
+            },
+            Some(In::Close(_)) => match self.registry.close_session(id) {
+                Ok(freed) => {
+                    tracing::info!(session = %id, freed, "session closed");
+                    reply(Out::Closed(pb::SessionClosed {
+                        freed: freed as u32,
+                    }))
                 }
-            };
-            let answer = match kind {
-                Some(In::Ping(ping)) => match registry.touch(&id) {
-                    Ok(()) => reply(Out::Pong(pb::Pong { seq: ping.seq })),
-                    Err(e) => Err(reject(RPC, e)),
-                },
-                Some(In::Close(_)) => match registry.close_session(&id) {
-                    Ok(freed) => {
-                        tracing::info!(session = %id, freed, "session closed");
-                        reply(Out::Closed(pb::SessionClosed {
-                            freed: freed as u32,
-                        }))
-                    }
-                    Err(e) => Err(reject(RPC, e)),
-                },
-                Some(In::Open(_) | In::Resume(_)) => Err(invalid(
-                    RPC,
-                    "this stream already holds a session; send `ping` or `close`",
-                )),
-                None => Err(invalid(
-                    RPC,
-                    "empty heartbeat message; send `ping` or `close`",
-                )),
-            };
-            let last = !matches!(
-                answer,
-                Ok(pb::HeartbeatResponse {
-                    kind: Some(Out::Pong(_))
-                })
-            );
-            if tx.send(answer).await.is_err() || last {
-                break;
+                Err(e) => Err(reject(RPC, e)),
+            },
+            Some(In::Open(_) | In::Resume(_)) => Err(invalid(
+                RPC,
+                "this stream already holds a session; send `ping` or `close`",
+            )),
+            None => Err(invalid(
+                RPC,
+                "empty heartbeat message; send `ping` or `close`",
+            )),
+        }
+    }
+}
+
+impl Stream for HeartbeatStream {
+    type Item = Result<pb::HeartbeatResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(opened) = this.opened.take() {
+            return Poll::Ready(Some(opened));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        while let Poll::Ready(stopping) = Pin::new(&mut this.stop).poll_next(cx) {
+            if stopping != Some(false) {
+                this.done = true;
+                return Poll::Ready(None);
             }
         }
-    });
-    Ok(ReceiverStream::new(rx))
+        match ready!(Pin::new(&mut this.inbound).poll_next(cx)) {
+            Some(Ok(message)) => {
+                let answer = this.answer(message.kind);
+                this.done = !matches!(
+                    answer,
+                    Ok(pb::HeartbeatResponse {
+                        kind: Some(Out::Pong(_))
+                    })
+                );
+                Poll::Ready(Some(answer))
+            }
+            Some(Err(_)) | None => {
+                tracing::info!(session = %this.id, "heartbeat stream ended; session kept for its ttl");
+                this.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
 }

@@ -44,7 +44,7 @@ impl Default for Limits {
             port_quarantine: Duration::from_secs(5),
             min_ttl: Duration::from_secs(1),
             max_ttl: Duration::from_secs(3600),
-            default_ttl: Duration::from_secs(10),
+            default_ttl: Duration::from_secs(30),
             max_registrations_per_session: 1024,
             max_metadata_entries: 64,
             max_metadata_key: 128,

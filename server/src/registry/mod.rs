@@ -645,13 +645,19 @@ fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// How often at most the reaper looks for expired sessions. Deadlines of
+/// many sessions are spread over time; waking for each one would cost a
+/// context switch per session per ttl, so a session is freed up to this
+/// much after its ttl instead.
+const REAP_TICK: Duration = Duration::from_millis(100);
+
 /// Expires sessions as their ttl passes, until the reaper guard drops.
 async fn reap(registry: Registry) {
     while !registry.shared.stopping.load(Ordering::Acquire) {
         let next = registry.expire_due();
         let sleep = async {
             match next {
-                Some(at) => tokio::time::sleep_until(at).await,
+                Some(at) => tokio::time::sleep_until(at.max(Instant::now() + REAP_TICK)).await,
                 None => std::future::pending().await,
             }
         };

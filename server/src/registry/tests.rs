@@ -68,7 +68,7 @@ async fn ttl_is_clamped_to_the_bounds() {
     );
     assert_eq!(s.ttl, Duration::from_secs(3600));
     let s = registry.open_session(None, String::new(), String::new());
-    assert_eq!(s.ttl, Duration::from_secs(10));
+    assert_eq!(s.ttl, Duration::from_secs(30), "the default");
 }
 
 #[tokio::test(start_paused = true)]

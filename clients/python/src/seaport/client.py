@@ -88,14 +88,17 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.Statu
 
 
 class SeaportClient:
-    """A connection to Seaport holding one session; use as a context manager or call close()."""
+    """A connection to Seaport holding one session; use as a context manager or call close().
+
+    ttl is the session ttl to ask for, in seconds; 0 takes the server's --default-ttl.
+    """
 
     def __init__(
         self,
         addresses: Sequence[str],
         *,
         namespace: str = "",
-        ttl: float = 10.0,
+        ttl: float = 0.0,
         ca: Optional[bytes] = None,
         cert: Optional[bytes] = None,
         key: Optional[bytes] = None,

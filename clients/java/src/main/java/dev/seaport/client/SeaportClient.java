@@ -67,7 +67,7 @@ public final class SeaportClient implements AutoCloseable {
   public static final class Builder {
     private final List<String> addresses = new ArrayList<>();
     private String namespace = "";
-    private Duration ttl = Duration.ofSeconds(10);
+    private Duration ttl = Duration.ZERO;
     private Duration connectTimeout = Duration.ofSeconds(10);
     private ChannelCredentials credentials = InsecureChannelCredentials.create();
 
@@ -82,6 +82,7 @@ public final class SeaportClient implements AutoCloseable {
       return this;
     }
 
+    /** The session ttl to ask for; without it the server's --default-ttl applies. */
     public Builder ttl(Duration ttl) {
       this.ttl = ttl;
       return this;
