@@ -138,6 +138,31 @@ async fn with_cpu(pid: Option<u32>, scenario: impl Future<Output = Sample>) -> S
     sample
 }
 
+/// Slices each comparison is cut into.
+const SLICES: u32 = 5;
+
+/// Runs the health baseline and a scenario for `duration` each, in
+/// alternating slices, so that drift in the speed of a shared machine
+/// weighs on both alike.
+async fn side_by_side<B, S>(
+    pid: Option<u32>,
+    duration: Duration,
+    mut baseline: impl FnMut(Duration) -> B,
+    mut scenario: impl FnMut(Duration) -> S,
+) -> (Sample, Sample)
+where
+    B: Future<Output = Sample>,
+    S: Future<Output = Sample>,
+{
+    let slice = duration / SLICES;
+    let (mut base, mut measured) = (Sample::default(), Sample::default());
+    for _ in 0..SLICES {
+        base.append(with_cpu(pid, baseline(slice)).await);
+        measured.append(with_cpu(pid, scenario(slice)).await);
+    }
+    (base, measured)
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = Args::parse();
@@ -156,7 +181,8 @@ async fn main() {
         None => {
             let flags = [
                 "--max-registrations-per-session".to_string(),
-                (largest + 1000).to_string(),
+                // The register scenario keeps what it registers until it ends.
+                (largest + 1000).max(10_000_000).to_string(),
                 // One session churns ~10k ports a second on its host; the
                 // default 5s quarantine would hold most of the range.
                 "--port-quarantine".to_string(),
@@ -171,13 +197,33 @@ async fn main() {
     let d = args.duration;
 
     for &n in &args.sessions {
-        let baseline = with_cpu(pid, scenarios::health(&channels, n, d)).await;
-        let sample = with_cpu(pid, scenarios::register_free(&channels, n, d)).await;
+        let (baseline, sample) = side_by_side(
+            pid,
+            d,
+            |t| scenarios::health(&channels, n, t),
+            |t| scenarios::register_free(&channels, n, t),
+        )
+        .await;
         rows.push(Row::from(
             format!("register+free, {n} sessions"),
             sample,
             Some(baseline),
             "per RPC".into(),
+        ));
+    }
+    for &n in &args.sessions {
+        let (baseline, sample) = side_by_side(
+            pid,
+            d,
+            |t| scenarios::health(&channels, n, t),
+            |t| scenarios::register(&channels, n, t),
+        )
+        .await;
+        rows.push(Row::from(
+            format!("register, {n} sessions"),
+            sample,
+            Some(baseline),
+            "registrations kept until the session closes".into(),
         ));
     }
 
@@ -199,16 +245,26 @@ async fn main() {
         );
         filled = size;
         let c = args.query_concurrency;
-        let baseline = with_cpu(pid, scenarios::health(&channels, c, d)).await;
-        let hit = with_cpu(pid, scenarios::query(&channels, c, d, "svc-42@1.x")).await;
+        let (baseline, hit) = side_by_side(
+            pid,
+            d,
+            |t| scenarios::health(&channels, c, t),
+            |t| scenarios::query(&channels, c, t, "svc-42@1.x"),
+        )
+        .await;
         rows.push(Row::from(
             format!("query hit (4 of {size})"),
             hit,
             Some(baseline),
             String::new(),
         ));
-        let baseline = with_cpu(pid, scenarios::health(&channels, c, d)).await;
-        let miss = with_cpu(pid, scenarios::query(&channels, c, d, "nosuch@1.x")).await;
+        let (baseline, miss) = side_by_side(
+            pid,
+            d,
+            |t| scenarios::health(&channels, c, t),
+            |t| scenarios::query(&channels, c, t, "nosuch@1.x"),
+        )
+        .await;
         rows.push(Row::from(
             format!("query miss (0 of {size})"),
             miss,

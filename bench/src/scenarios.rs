@@ -36,7 +36,7 @@ pub(crate) struct Session {
     /// The ttl the server granted.
     pub(crate) ttl: Duration,
     tx: mpsc::Sender<pb::HeartbeatRequest>,
-    _rx: tonic::Streaming<pb::HeartbeatResponse>,
+    rx: tonic::Streaming<pb::HeartbeatResponse>,
 }
 
 impl Session {
@@ -64,7 +64,21 @@ impl Session {
             id: opened.session_id,
             ttl: Duration::from_millis(opened.ttl_ms),
             tx,
-            _rx: stream,
+            rx: stream,
+        }
+    }
+
+    /// Closes the session, which frees everything it registered.
+    pub(crate) async fn close(mut self) {
+        let close = pb::HeartbeatRequest {
+            kind: Some(In::Close(pb::CloseSession {})),
+        };
+        if self.tx.send(close).await.is_ok() {
+            while let Ok(Some(m)) = self.rx.message().await {
+                if matches!(m.kind, Some(pb::heartbeat_response::Kind::Closed(_))) {
+                    break;
+                }
+            }
         }
     }
 
@@ -163,6 +177,48 @@ pub(crate) async fn register_free(
         sample
     })
     .await
+}
+
+/// Register in a loop, one session per worker: a registration's cost, to
+/// set beside etcd's lease grant + put. The sessions are closed once the
+/// time is up (outside it), which frees what they registered.
+pub(crate) async fn register(channels: &[Channel], sessions: usize, duration: Duration) -> Sample {
+    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let done = finished.clone();
+    let sample = closed_loop(channels, sessions, move |w, channel| {
+        let done = done.clone();
+        async move {
+            let session = Session::open(channel.clone(), 600_000).await;
+            let mut client = RegistryClient::new(channel);
+            let mut sample = Sample::default();
+            let end = Instant::now() + duration;
+            let mut n = 0;
+            while Instant::now() < end {
+                let t = Instant::now();
+                // A new host every 20k registrations, well within a host's
+                // assignable ports.
+                let request = pb::RegisterRequest {
+                    session_id: session.id.clone(),
+                    role: format!("bench-{w}@1.0.0"),
+                    host: format!("bench-{w}-{}", n / 20_000),
+                    ..Default::default()
+                };
+                client.register(request).await.unwrap();
+                sample.record(t);
+                n += 1;
+            }
+            done.lock().unwrap().push(session);
+            sample
+        }
+    })
+    .await;
+    let sessions = std::mem::take(&mut *finished.lock().unwrap());
+    let mut closing = tokio::task::JoinSet::new();
+    for session in sessions {
+        closing.spawn(session.close());
+    }
+    closing.join_all().await;
+    sample
 }
 
 /// Fills the registry up to `target` registrations: names `svc-N` with four

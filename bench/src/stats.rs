@@ -27,6 +27,17 @@ impl Sample {
         self.latencies.extend(other.latencies);
     }
 
+    /// Adds a later slice of the same scenario: its operations, wall time
+    /// and server CPU.
+    pub(crate) fn append(&mut self, other: Sample) {
+        self.elapsed += other.elapsed;
+        self.server_cpu = match (self.server_cpu, other.server_cpu) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.merge(other);
+    }
+
     /// Operations per second over the elapsed wall time.
     pub(crate) fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -65,5 +76,19 @@ mod tests {
         assert_eq!(s.quantile(0.99), 99);
         assert_eq!(s.rate(), 50.0);
         assert_eq!(Sample::default().quantile(0.5), 0);
+    }
+
+    #[test]
+    fn slices_add_up() {
+        let slice = || Sample {
+            latencies: vec![10, 20],
+            elapsed: Duration::from_secs(1),
+            server_cpu: Some(Duration::from_millis(4)),
+        };
+        let mut total = Sample::default();
+        total.append(slice());
+        total.append(slice());
+        assert_eq!(total.rate(), 2.0);
+        assert_eq!(total.cpu_per_op_us(), Some(2000.0));
     }
 }
