@@ -15,12 +15,30 @@ const RANDOM_TRIES: usize = 64;
 pub(crate) struct Ports {
     range: RangeInclusive<u16>,
     quarantine: Duration,
-    /// host -> port -> id of the registration holding it.
-    held: HashMap<String, HashMap<u16, String>>,
+    /// Each host with a held or quarantined port.
+    hosts: HashMap<String, Host>,
     /// Recently freed, oldest first: (freed at, host, port).
     freed: VecDeque<(Instant, String, u16)>,
-    /// The same entries, for lookup; the value counts duplicates in `freed`.
-    quarantined: HashMap<(String, u16), usize>,
+}
+
+/// One host's ports: looked up by port alone, so checking a candidate
+/// port allocates nothing.
+#[derive(Debug, Default)]
+struct Host {
+    /// port -> id of the registration holding it.
+    held: HashMap<u16, String>,
+    /// Quarantined ports; the value counts their entries in `freed`.
+    quarantined: HashMap<u16, usize>,
+}
+
+impl Host {
+    fn is_free(&self, port: u16) -> bool {
+        !self.held.contains_key(&port) && !self.quarantined.contains_key(&port)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.quarantined.is_empty()
+    }
 }
 
 impl Ports {
@@ -28,37 +46,36 @@ impl Ports {
         Ports {
             range,
             quarantine,
-            held: HashMap::new(),
+            hosts: HashMap::new(),
             freed: VecDeque::new(),
-            quarantined: HashMap::new(),
         }
     }
 
     /// The id of the registration holding `port` on `host`, if any.
     pub(crate) fn holder(&self, host: &str, port: u16) -> Option<&str> {
-        self.held.get(host)?.get(&port).map(String::as_str)
+        self.hosts.get(host)?.held.get(&port).map(String::as_str)
     }
 
+    /// Marks `port` on `host` as held by registration `id`.
     pub(crate) fn hold(&mut self, host: &str, port: u16, id: &str) {
-        self.held
-            .entry(host.to_string())
-            .or_default()
-            .insert(port, id.to_string());
+        let entry = match self.hosts.get_mut(host) {
+            Some(entry) => entry,
+            None => self.hosts.entry(host.to_string()).or_default(),
+        };
+        entry.held.insert(port, id.to_string());
     }
 
+    /// Releases `port` on `host`; it stays quarantined for a while.
     pub(crate) fn release(&mut self, host: &str, port: u16, now: Instant) {
-        if let Some(ports) = self.held.get_mut(host) {
-            ports.remove(&port);
-            if ports.is_empty() {
-                self.held.remove(host);
-            }
-        }
+        let Some(entry) = self.hosts.get_mut(host) else {
+            return;
+        };
+        entry.held.remove(&port);
         if !self.quarantine.is_zero() {
+            *entry.quarantined.entry(port).or_default() += 1;
             self.freed.push_back((now, host.to_string(), port));
-            *self
-                .quarantined
-                .entry((host.to_string(), port))
-                .or_default() += 1;
+        } else if entry.is_empty() {
+            self.hosts.remove(host);
         }
     }
 
@@ -66,11 +83,8 @@ impl Ports {
     /// `host`; `None` when there is none.
     pub(crate) fn assign(&mut self, host: &str, now: Instant) -> Option<u16> {
         self.expire_quarantine(now);
-        let empty = HashMap::new();
-        let held = self.held.get(host).unwrap_or(&empty);
-        let key = |port| (host.to_string(), port);
-        let free =
-            |port: u16| !held.contains_key(&port) && !self.quarantined.contains_key(&key(port));
+        let entry = self.hosts.get(host);
+        let free = |port: u16| entry.is_none_or(|h| h.is_free(port));
         let (first, last) = (*self.range.start(), *self.range.end());
         for _ in 0..RANDOM_TRIES {
             let port = fastrand::u16(first..=last);
@@ -86,6 +100,7 @@ impl Ports {
             .find(|&port| free(port))
     }
 
+    /// The assignable range, for error messages.
     pub(crate) fn range(&self) -> (u16, u16) {
         (*self.range.start(), *self.range.end())
     }
@@ -96,12 +111,17 @@ impl Ports {
                 break;
             }
             let (_, host, port) = self.freed.pop_front().expect("front exists");
-            let key = (host, port);
-            if let Some(n) = self.quarantined.get_mut(&key) {
+            let Some(entry) = self.hosts.get_mut(&host) else {
+                continue;
+            };
+            if let Some(n) = entry.quarantined.get_mut(&port) {
                 *n -= 1;
                 if *n == 0 {
-                    self.quarantined.remove(&key);
+                    entry.quarantined.remove(&port);
                 }
+            }
+            if entry.is_empty() {
+                self.hosts.remove(&host);
             }
         }
     }
@@ -109,7 +129,11 @@ impl Ports {
     /// Hosts with at least one held port (for tests and metrics).
     #[cfg(test)]
     pub(crate) fn hosts(&self) -> std::collections::HashSet<&str> {
-        self.held.keys().map(String::as_str).collect()
+        self.hosts
+            .iter()
+            .filter(|(_, h)| !h.held.is_empty())
+            .map(|(name, _)| name.as_str())
+            .collect()
     }
 }
 
