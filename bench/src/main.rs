@@ -196,35 +196,37 @@ async fn main() {
     let mut rows = Vec::new();
     let d = args.duration;
 
-    for &n in &args.sessions {
-        let (baseline, sample) = side_by_side(
-            pid,
-            d,
-            |t| scenarios::health(&channels, n, t),
-            |t| scenarios::register_free(&channels, n, t),
-        )
-        .await;
-        rows.push(Row::from(
-            format!("register+free, {n} sessions"),
-            sample,
-            Some(baseline),
-            "per RPC".into(),
-        ));
-    }
-    for &n in &args.sessions {
-        let (baseline, sample) = side_by_side(
-            pid,
-            d,
-            |t| scenarios::health(&channels, n, t),
-            |t| scenarios::register(&channels, n, t),
-        )
-        .await;
-        rows.push(Row::from(
-            format!("register, {n} sessions"),
-            sample,
-            Some(baseline),
-            "registrations kept until the session closes".into(),
-        ));
+    let shapes = [
+        ("register+free", false, "per RPC"),
+        (
+            "register",
+            true,
+            "registrations kept until the session closes",
+        ),
+    ];
+    let on = channels.as_slice();
+    for (name, keep, note) in shapes {
+        for &n in &args.sessions {
+            let (baseline, sample) = side_by_side(
+                pid,
+                d,
+                |t| scenarios::health(&channels, n, t),
+                |t| async move {
+                    if keep {
+                        scenarios::register(on, n, t).await
+                    } else {
+                        scenarios::register_free(on, n, t).await
+                    }
+                },
+            )
+            .await;
+            rows.push(Row::from(
+                format!("{name}, {n} sessions"),
+                sample,
+                Some(baseline),
+                note.into(),
+            ));
+        }
     }
 
     let writers: Vec<Session> = {
