@@ -3,11 +3,9 @@
 //! to its ttl, so a network blip frees nothing.
 
 use std::net::SocketAddr;
-use std::time::Duration;
-
-use crate::pb::{self, heartbeat_request::Kind as In, heartbeat_response::Kind as Out};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_stream::Stream;
@@ -15,7 +13,11 @@ use tokio_stream::wrappers::WatchStream;
 use tonic::{Status, Streaming};
 
 use super::status::{invalid, reject};
+use crate::pb::{self, heartbeat_request::Kind as In, heartbeat_response::Kind as Out};
 use crate::registry::{Actor, Registry, SessionInfo};
+
+/// The RPC's name, as errors cite it.
+const RPC: &str = "Heartbeat";
 
 /// How long a new stream may wait before sending `open` or `resume`.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,7 +47,6 @@ pub(crate) async fn serve(
     mut inbound: Streaming<pb::HeartbeatRequest>,
     stop: watch::Receiver<bool>,
 ) -> Result<HeartbeatStream, Status> {
-    const RPC: &str = "Heartbeat";
     let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message())
         .await
         .map_err(|_| {
@@ -105,7 +106,6 @@ pub struct HeartbeatStream {
 
 impl HeartbeatStream {
     fn answer(&self, kind: Option<In>) -> Result<pb::HeartbeatResponse, Status> {
-        const RPC: &str = "Heartbeat";
         let id = &self.id;
         match kind {
             Some(In::Ping(ping)) => match self.registry.touch(id) {
