@@ -7,9 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::WatchStream;
 use tonic::{Status, Streaming};
 
 use super::status::{invalid, reject};
@@ -45,7 +43,6 @@ pub(crate) async fn serve(
     observed: String,
     actor: Actor,
     mut inbound: Streaming<pb::HeartbeatRequest>,
-    stop: watch::Receiver<bool>,
 ) -> Result<HeartbeatStream, Status> {
     let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message())
         .await
@@ -85,7 +82,6 @@ pub(crate) async fn serve(
         id: info.id,
         opened: Some(reply(opened)),
         inbound,
-        stop: WatchStream::new(stop),
         done: false,
     })
 }
@@ -93,13 +89,11 @@ pub(crate) async fn serve(
 /// The server's side of one Heartbeat call: `opened`, then an answer to
 /// each client message. The response reads the client's messages itself,
 /// so a session costs no task of its own.
-pub struct HeartbeatStream {
+pub(crate) struct HeartbeatStream {
     registry: Registry,
     id: String,
     opened: Option<Result<pb::HeartbeatResponse, Status>>,
     inbound: Streaming<pb::HeartbeatRequest>,
-    /// Yields true when the server stops.
-    stop: WatchStream<bool>,
     /// Set after the last answer (closed, or an error).
     done: bool,
 }
@@ -143,12 +137,6 @@ impl Stream for HeartbeatStream {
         }
         if this.done {
             return Poll::Ready(None);
-        }
-        while let Poll::Ready(stopping) = Pin::new(&mut this.stop).poll_next(cx) {
-            if stopping != Some(false) {
-                this.done = true;
-                return Poll::Ready(None);
-            }
         }
         match ready!(Pin::new(&mut this.inbound).poll_next(cx)) {
             Some(Ok(message)) => {

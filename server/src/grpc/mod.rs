@@ -77,6 +77,22 @@ fn watch_event(event: WatchEvent) -> pb::WatchEvent {
     }
 }
 
+/// A long response stream that ends when the server stops.
+pub type Stopping<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Ends `stream` when `stop` turns true, so open Heartbeat and Watch calls
+/// finish within the shutdown grace.
+fn until_stop<T, S>(stream: S, stop: &watch::Receiver<bool>) -> Stopping<T>
+where
+    S: Stream<Item = Result<T, Status>> + Send + 'static,
+    T: 'static,
+{
+    let stopping = WatchStream::new(stop.clone())
+        .filter(|stop| *stop)
+        .map(|_| None);
+    Box::pin(stream.map(Some).merge(stopping).map_while(|item| item))
+}
+
 /// How long a Get may wait: the shorter of its `timeout_ms` and the call's
 /// own deadline. The deadline is cut a little short so that the answer is
 /// our DEADLINE_EXCEEDED rather than tonic's generic timeout.
@@ -117,8 +133,8 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 
 #[tonic::async_trait]
 impl RegistryApi for RegistryService {
-    type HeartbeatStream = heartbeat::HeartbeatStream;
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+    type HeartbeatStream = Stopping<pb::HeartbeatResponse>;
+    type WatchStream = Stopping<pb::WatchEvent>;
 
     async fn heartbeat(
         &self,
@@ -126,15 +142,9 @@ impl RegistryApi for RegistryService {
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
         let actor = self.auth.caller(&request, "Heartbeat", true)?;
         let observed = heartbeat::observed_host(request.remote_addr());
-        let stream = heartbeat::serve(
-            self.registry.clone(),
-            observed,
-            actor,
-            request.into_inner(),
-            self.stop.clone(),
-        )
-        .await?;
-        Ok(Response::new(stream))
+        let stream =
+            heartbeat::serve(self.registry.clone(), observed, actor, request.into_inner()).await?;
+        Ok(Response::new(until_stop(stream, &self.stop)))
     }
 
     async fn register(
@@ -253,16 +263,11 @@ impl RegistryApi for RegistryService {
         self.auth.caller(&request, "Watch", false)?;
         let r = request.into_inner();
         let selector = selector("Watch", &r.pattern, &r.namespace, r.metadata)?;
-        let watch = self.registry.watch(selector, r.since_revision);
-        // The stream ends when the server stops; the watch itself never does.
-        let stopping = WatchStream::new(self.stop.clone())
-            .filter(|stop| *stop)
-            .map(|_| None);
-        let events = watch
-            .map(|event| Some(Ok(watch_event(event))))
-            .merge(stopping)
-            .map_while(|item| item);
-        Ok(Response::new(Box::pin(events)))
+        let events = self
+            .registry
+            .watch(selector, r.since_revision)
+            .map(|event| Ok(watch_event(event)));
+        Ok(Response::new(until_stop(events, &self.stop)))
     }
 }
 

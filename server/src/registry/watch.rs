@@ -2,9 +2,8 @@
 //! turns changes into the events one watcher should see.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
-
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use seaport::{EventKind, Pattern, Service};
