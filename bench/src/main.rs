@@ -16,6 +16,12 @@ use scenarios::Session;
 use server::Seaportd;
 use stats::Sample;
 
+/// The server's allocator: the load generator shares the machine's cores
+/// with the server, and glibc's malloc took a seventh of its time (perf,
+/// query hits), time the server then did not get.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Benchmarks for seaportd. Figures, never pass/fail.
 #[derive(Parser, Debug)]
 #[command(name = "seaport-bench")]
