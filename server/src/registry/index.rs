@@ -9,42 +9,60 @@ use seaport::Service;
 
 use super::watch::Selector;
 
-/// A service ordered as answers are: highest version first, unversioned
-/// last, then by id. It holds only the `Arc`; the key is read from the
-/// service, not stored again.
+/// A service ordered by id within its version. The id's first bytes are
+/// kept beside the `Arc` so that placing a registration among thousands of
+/// one version rarely reads the services themselves: each such read is a
+/// cache miss, and they made a register cost grow with the registry.
 #[derive(Debug)]
-struct ByVersion(Arc<Service>);
+struct ById {
+    /// The id's first 8 bytes, zero-padded, big-endian: ordered as the ids.
+    prefix: u64,
+    service: Arc<Service>,
+}
 
-impl ByVersion {
-    fn key(&self) -> (Reverse<Option<&semver::Version>>, &str) {
-        (Reverse(self.0.version.as_ref()), &self.0.id)
+impl ById {
+    fn new(service: Arc<Service>) -> ById {
+        let mut head = [0u8; 8];
+        let id = service.id.as_bytes();
+        let n = id.len().min(8);
+        head[..n].copy_from_slice(&id[..n]);
+        ById {
+            prefix: u64::from_be_bytes(head),
+            service,
+        }
     }
 }
 
-impl PartialEq for ByVersion {
+impl PartialEq for ById {
     fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
+        self.cmp(other) == Ordering::Equal
     }
 }
 
-impl Eq for ByVersion {}
+impl Eq for ById {}
 
-impl PartialOrd for ByVersion {
+impl PartialOrd for ById {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for ByVersion {
+impl Ord for ById {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.key().cmp(&other.key())
+        self.prefix
+            .cmp(&other.prefix)
+            .then_with(|| self.service.id.cmp(&other.service.id))
     }
 }
+
+/// A name's services in answer order: highest version first, unversioned
+/// last, then by id.
+type Versions = BTreeMap<Reverse<Option<semver::Version>>, BTreeSet<ById>>;
 
 /// namespace -> name -> services in answer order.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    namespaces: HashMap<String, BTreeMap<String, BTreeSet<ByVersion>>>,
+    namespaces: HashMap<String, BTreeMap<String, Versions>>,
 }
 
 impl Index {
@@ -55,7 +73,9 @@ impl Index {
             .or_default()
             .entry(service.name.clone())
             .or_default()
-            .replace(ByVersion(service));
+            .entry(Reverse(service.version.clone()))
+            .or_default()
+            .replace(ById::new(service));
     }
 
     pub(crate) fn remove(&mut self, service: &Arc<Service>) {
@@ -65,11 +85,18 @@ impl Index {
         let Some(versions) = names.get_mut(&service.name) else {
             return;
         };
-        versions.remove(&ByVersion(service.clone()));
-        if versions.is_empty() {
-            names.remove(&service.name);
-            if names.is_empty() {
-                self.namespaces.remove(&service.namespace);
+        let version = Reverse(service.version.clone());
+        let Some(ids) = versions.get_mut(&version) else {
+            return;
+        };
+        ids.remove(&ById::new(service.clone()));
+        if ids.is_empty() {
+            versions.remove(&version);
+            if versions.is_empty() {
+                names.remove(&service.name);
+                if names.is_empty() {
+                    self.namespaces.remove(&service.namespace);
+                }
             }
         }
     }
@@ -80,10 +107,11 @@ impl Index {
         let Some(names) = self.namespaces.get(&selector.namespace) else {
             return Vec::new();
         };
-        let matching = |versions: &BTreeSet<ByVersion>| {
+        let matching = |versions: &Versions| {
             versions
-                .iter()
-                .map(|s| &s.0)
+                .values()
+                .flatten()
+                .map(|s| &s.service)
                 .filter(|s| selector.matches(s))
                 .cloned()
                 .collect::<Vec<_>>()
@@ -92,5 +120,76 @@ impl Index {
             Some(name) => names.get(name).map(matching).unwrap_or_default(),
             None => names.values().flat_map(matching).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(id: &str, version: Option<&str>) -> Arc<Service> {
+        Arc::new(Service {
+            id: id.into(),
+            name: "web".into(),
+            version: version.map(|v| v.parse().unwrap()),
+            host: "h".into(),
+            port: 1,
+            metadata: Default::default(),
+            namespace: "default".into(),
+            owner: String::new(),
+            session_id: "s".into(),
+            create_revision: 1,
+            mod_revision: 1,
+        })
+    }
+
+    fn all(index: &Index) -> Vec<String> {
+        let selector = Selector {
+            namespace: "default".into(),
+            pattern: "web".parse().unwrap(),
+            metadata: Default::default(),
+        };
+        index
+            .select(&selector)
+            .iter()
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn answers_are_ordered_by_version_descending_then_id_past_the_prefix() {
+        let mut index = Index::default();
+        // Ids that share their first 8 bytes, one that is a prefix of the
+        // others, and one shorter than 8 bytes.
+        for (id, version) in [
+            ("instance-b", Some("1.0.0")),
+            ("instance", Some("1.0.0")),
+            ("instance-a", Some("1.0.0")),
+            ("z", Some("2.0.0")),
+            ("a", None),
+            ("b", Some("1.0.0")),
+        ] {
+            index.insert(service(id, version));
+        }
+        assert_eq!(
+            all(&index),
+            ["z", "b", "instance", "instance-a", "instance-b", "a"]
+        );
+    }
+
+    #[test]
+    fn remove_takes_out_exactly_that_service_and_empty_groups() {
+        let mut index = Index::default();
+        let (a, b) = (
+            service("instance-a", Some("1.0.0")),
+            service("instance-b", Some("1.0.0")),
+        );
+        index.insert(a.clone());
+        index.insert(b.clone());
+        index.remove(&a);
+        assert_eq!(all(&index), ["instance-b"]);
+        index.remove(&b);
+        assert!(all(&index).is_empty());
+        assert!(index.namespaces.is_empty());
     }
 }
