@@ -9,60 +9,59 @@ use seaport::Service;
 
 use super::watch::Selector;
 
-/// A service ordered by id within its version. The id's first bytes are
-/// kept beside the `Arc` so that placing a registration among thousands of
-/// one version rarely reads the services themselves: each such read is a
-/// cache miss, and they made a register cost grow with the registry.
+/// A service in answer order: highest version first, unversioned last,
+/// then by id. The version and the id's first bytes are kept beside the
+/// `Arc` so that placing a registration among thousands rarely reads the
+/// services themselves: each such read is a cache miss, and they made a
+/// register cost grow with the registry.
 #[derive(Debug)]
-struct ById {
+struct Entry {
+    version: Reverse<Option<semver::Version>>,
     /// The id's first 8 bytes, zero-padded, big-endian: ordered as the ids.
     prefix: u64,
     service: Arc<Service>,
 }
 
-impl ById {
-    fn new(service: Arc<Service>) -> ById {
+impl Entry {
+    fn new(service: Arc<Service>) -> Entry {
         let mut head = [0u8; 8];
         let id = service.id.as_bytes();
         let n = id.len().min(8);
         head[..n].copy_from_slice(&id[..n]);
-        ById {
+        Entry {
+            version: Reverse(service.version.clone()),
             prefix: u64::from_be_bytes(head),
             service,
         }
     }
 }
 
-impl PartialEq for ById {
+impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
 
-impl Eq for ById {}
+impl Eq for Entry {}
 
-impl PartialOrd for ById {
+impl PartialOrd for Entry {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for ById {
+impl Ord for Entry {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.prefix
-            .cmp(&other.prefix)
+        (&self.version, self.prefix)
+            .cmp(&(&other.version, other.prefix))
             .then_with(|| self.service.id.cmp(&other.service.id))
     }
 }
 
-/// A name's services in answer order: highest version first, unversioned
-/// last, then by id.
-type Versions = BTreeMap<Reverse<Option<semver::Version>>, BTreeSet<ById>>;
-
 /// namespace -> name -> services in answer order.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    namespaces: HashMap<String, BTreeMap<String, Versions>>,
+    namespaces: HashMap<String, BTreeMap<String, BTreeSet<Entry>>>,
 }
 
 impl Index {
@@ -73,30 +72,21 @@ impl Index {
             .or_default()
             .entry(service.name.clone())
             .or_default()
-            .entry(Reverse(service.version.clone()))
-            .or_default()
-            .replace(ById::new(service));
+            .replace(Entry::new(service));
     }
 
     pub(crate) fn remove(&mut self, service: &Arc<Service>) {
         let Some(names) = self.namespaces.get_mut(&service.namespace) else {
             return;
         };
-        let Some(versions) = names.get_mut(&service.name) else {
+        let Some(entries) = names.get_mut(&service.name) else {
             return;
         };
-        let version = Reverse(service.version.clone());
-        let Some(ids) = versions.get_mut(&version) else {
-            return;
-        };
-        ids.remove(&ById::new(service.clone()));
-        if ids.is_empty() {
-            versions.remove(&version);
-            if versions.is_empty() {
-                names.remove(&service.name);
-                if names.is_empty() {
-                    self.namespaces.remove(&service.namespace);
-                }
+        entries.remove(&Entry::new(service.clone()));
+        if entries.is_empty() {
+            names.remove(&service.name);
+            if names.is_empty() {
+                self.namespaces.remove(&service.namespace);
             }
         }
     }
@@ -107,11 +97,10 @@ impl Index {
         let Some(names) = self.namespaces.get(&selector.namespace) else {
             return Vec::new();
         };
-        let matching = |versions: &Versions| {
-            versions
-                .values()
-                .flatten()
-                .map(|s| &s.service)
+        let matching = |entries: &BTreeSet<Entry>| {
+            entries
+                .iter()
+                .map(|e| &e.service)
                 .filter(|s| selector.matches(s))
                 .cloned()
                 .collect::<Vec<_>>()
@@ -178,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn remove_takes_out_exactly_that_service_and_empty_groups() {
+    fn remove_takes_out_exactly_that_service_and_empty_names() {
         let mut index = Index::default();
         let (a, b) = (
             service("instance-a", Some("1.0.0")),
