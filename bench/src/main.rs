@@ -2,11 +2,13 @@
 //! same server's grpc.health.v1 Check, a nearly empty RPC on the same
 //! connections, so every figure is also a ratio to the RPC stack's limit.
 
+mod answers;
 mod scenarios;
 mod server;
 mod stats;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -213,19 +215,27 @@ async fn main() {
     let on = channels.as_slice();
     for (name, keep, note) in shapes {
         for &n in &args.sessions {
+            // The same sessions through every slice, closed (freeing what
+            // they kept) once the row is measured.
+            let sessions = scenarios::open_sessions(on, n).await;
+            let ids = Arc::new(sessions.iter().map(|s| s.id.clone()).collect::<Vec<_>>());
             let (baseline, sample) = side_by_side(
                 pid,
                 d,
                 |t| scenarios::health(&channels, n, t),
-                |t| async move {
-                    if keep {
-                        scenarios::register(on, n, t).await
-                    } else {
-                        scenarios::register_free(on, n, t).await
+                |t| {
+                    let ids = ids.clone();
+                    async move {
+                        if keep {
+                            scenarios::register(on, ids, t).await
+                        } else {
+                            scenarios::register_free(on, ids, t).await
+                        }
                     }
                 },
             )
             .await;
+            scenarios::close_sessions(sessions).await;
             rows.push(Row::from(
                 format!("{name}, {n} sessions"),
                 sample,
@@ -257,7 +267,7 @@ async fn main() {
             pid,
             d,
             |t| scenarios::health(&channels, c, t),
-            |t| scenarios::query(&channels, c, t, "svc-42@1.x"),
+            |t| scenarios::query(&channels, c, t, "svc-42@1.x", 4),
         )
         .await;
         rows.push(Row::from(
@@ -270,7 +280,7 @@ async fn main() {
             pid,
             d,
             |t| scenarios::health(&channels, c, t),
-            |t| scenarios::query(&channels, c, t, "nosuch@1.x"),
+            |t| scenarios::query(&channels, c, t, "nosuch@1.x", 0),
         )
         .await;
         rows.push(Row::from(

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+use crate::answers::Light;
 use crate::stats::Sample;
 
 /// Opens `n` connections to the server.
@@ -135,61 +136,76 @@ pub(crate) async fn health(channels: &[Channel], workers: usize, duration: Durat
     .await
 }
 
-/// Register then free, in a loop, one session per worker; each RPC counts.
+/// Opens `n` sessions, spread over the channels as the workers are, so a
+/// scenario's clock runs only while it does what it measures.
+pub(crate) async fn open_sessions(channels: &[Channel], n: usize) -> Vec<Session> {
+    let mut sessions = Vec::with_capacity(n);
+    for w in 0..n {
+        sessions.push(Session::open(channels[w % channels.len()].clone(), 600_000).await);
+    }
+    sessions
+}
+
+/// Closes the sessions, which frees what they registered.
+pub(crate) async fn close_sessions(sessions: Vec<Session>) {
+    let mut closing = tokio::task::JoinSet::new();
+    for session in sessions {
+        closing.spawn(session.close());
+    }
+    closing.join_all().await;
+}
+
+/// Register then free, in a loop, on each of the sessions; each RPC counts.
 pub(crate) async fn register_free(
     channels: &[Channel],
-    sessions: usize,
+    sessions: Arc<Vec<String>>,
     duration: Duration,
 ) -> Sample {
-    closed_loop(channels, sessions, move |w, channel| async move {
-        let session = Session::open(channel.clone(), 600_000).await;
-        let mut client = RegistryClient::new(channel);
-        let mut sample = Sample::default();
-        let end = Instant::now() + duration;
-        while Instant::now() < end {
-            let t = Instant::now();
-            // A host per worker, as sessions on different machines would
-            // have: a freed port stays quarantined on its host.
-            let request = pb::RegisterRequest {
-                session_id: session.id.clone(),
-                role: format!("bench-{w}@1.0.0"),
-                host: format!("bench-{w}"),
-                ..Default::default()
-            };
-            let service = client
-                .register(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .service
-                .unwrap();
-            sample.record(t);
-            let t = Instant::now();
-            client
-                .free(pb::FreeRequest {
-                    session_id: session.id.clone(),
-                    id: service.id,
-                })
-                .await
-                .unwrap();
-            sample.record(t);
+    closed_loop(channels, sessions.len(), move |w, channel| {
+        let session = sessions[w].clone();
+        async move {
+            let mut client = Light::new(channel);
+            let mut sample = Sample::default();
+            let end = Instant::now() + duration;
+            while Instant::now() < end {
+                let t = Instant::now();
+                // A host per worker, as sessions on different machines would
+                // have: a freed port stays quarantined on its host.
+                let request = pb::RegisterRequest {
+                    session_id: session.clone(),
+                    role: format!("bench-{w}@1.0.0"),
+                    host: format!("bench-{w}"),
+                    ..Default::default()
+                };
+                let id = client.register(request).await;
+                sample.record(t);
+                let t = Instant::now();
+                client
+                    .free(pb::FreeRequest {
+                        session_id: session.clone(),
+                        id,
+                    })
+                    .await;
+                sample.record(t);
+            }
+            sample
         }
-        sample
     })
     .await
 }
 
-/// Register in a loop, one session per worker: a registration's cost, to
-/// set beside etcd's lease grant + put. The sessions are closed once the
-/// time is up (outside it), which frees what they registered.
-pub(crate) async fn register(channels: &[Channel], sessions: usize, duration: Duration) -> Sample {
-    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let done = finished.clone();
-    let sample = closed_loop(channels, sessions, move |w, channel| {
-        let done = done.clone();
+/// Register in a loop on each of the sessions: a registration's cost, to
+/// set beside etcd's lease grant + put. What it registers stays until the
+/// sessions close.
+pub(crate) async fn register(
+    channels: &[Channel],
+    sessions: Arc<Vec<String>>,
+    duration: Duration,
+) -> Sample {
+    closed_loop(channels, sessions.len(), move |w, channel| {
+        let session = sessions[w].clone();
         async move {
-            let session = Session::open(channel.clone(), 600_000).await;
-            let mut client = RegistryClient::new(channel);
+            let mut client = Light::new(channel);
             let mut sample = Sample::default();
             let end = Instant::now() + duration;
             let mut n = 0;
@@ -198,27 +214,19 @@ pub(crate) async fn register(channels: &[Channel], sessions: usize, duration: Du
                 // A new host every 20k registrations, well within a host's
                 // assignable ports.
                 let request = pb::RegisterRequest {
-                    session_id: session.id.clone(),
+                    session_id: session.clone(),
                     role: format!("bench-{w}@1.0.0"),
                     host: format!("bench-{w}-{}", n / 20_000),
                     ..Default::default()
                 };
-                client.register(request).await.unwrap();
+                client.register(request).await;
                 sample.record(t);
                 n += 1;
             }
-            done.lock().unwrap().push(session);
             sample
         }
     })
-    .await;
-    let sessions = std::mem::take(&mut *finished.lock().unwrap());
-    let mut closing = tokio::task::JoinSet::new();
-    for session in sessions {
-        closing.spawn(session.close());
-    }
-    closing.join_all().await;
-    sample
+    .await
 }
 
 /// Fills the registry up to `target` registrations: names `svc-N` with four
@@ -259,27 +267,28 @@ pub(crate) async fn populate(
     }
 }
 
-/// Query `pattern` in a loop.
+/// Query `pattern`, which matches `expect` services, in a loop.
 pub(crate) async fn query(
     channels: &[Channel],
     workers: usize,
     duration: Duration,
     pattern: &'static str,
+    expect: usize,
 ) -> Sample {
     closed_loop(channels, workers, move |_, channel| async move {
-        let mut client = RegistryClient::new(channel);
+        let mut client = Light::new(channel);
         let mut sample = Sample::default();
         let end = Instant::now() + duration;
         while Instant::now() < end {
             let t = Instant::now();
-            client
+            let matches = client
                 .query(pb::QueryRequest {
                     pattern: pattern.into(),
                     ..Default::default()
                 })
-                .await
-                .unwrap();
+                .await;
             sample.record(t);
+            assert_eq!(matches.services.len(), expect, "{pattern} matched");
         }
         sample
     })
