@@ -1,7 +1,7 @@
 //! The services by namespace and name, versions kept sorted, so a query
 //! costs what the name holds rather than what the registry holds.
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -10,16 +10,39 @@ use seaport::Service;
 use super::watch::Selector;
 
 /// A service in answer order: highest version first, unversioned last,
-/// then by id. The version and the id's first bytes are kept beside the
-/// `Arc` so that placing a registration among thousands rarely reads the
-/// services themselves: each such read is a cache miss, and they made a
-/// register cost grow with the registry.
+/// then by id. The version (as [`version_key`]) and the id's first bytes
+/// are kept beside the `Arc`, so placing a registration among thousands
+/// rarely reads the services themselves: each such read is a cache miss,
+/// and they made a register cost grow with the registry. 24 bytes, as a
+/// name's services share B-tree nodes of 11 entries.
 #[derive(Debug)]
 struct Entry {
-    version: Reverse<Option<semver::Version>>,
+    version: u64,
     /// The id's first 8 bytes, zero-padded, big-endian: ordered as the ids.
     prefix: u64,
     service: Arc<Service>,
+}
+
+/// [`version_key`] of a service without a version: below every version.
+const UNVERSIONED: u64 = 0;
+/// [`version_key`] of a version that does not fit in one: the services'
+/// own versions are compared instead.
+const COMPLEX: u64 = u64::MAX;
+/// Bits for each of major, minor and patch.
+const PART: u32 = 20;
+
+/// A version as one integer ordered as the versions are, when it is plain
+/// (no pre-release or build, each part below 2^20), as nearly all are.
+fn version_key(version: Option<&semver::Version>) -> u64 {
+    let Some(v) = version else {
+        return UNVERSIONED;
+    };
+    let fits = |n: u64| n < 1 << PART;
+    if !(v.pre.is_empty() && v.build.is_empty() && fits(v.major) && fits(v.minor) && fits(v.patch))
+    {
+        return COMPLEX;
+    }
+    1 << (3 * PART) | v.major << (2 * PART) | v.minor << PART | v.patch
 }
 
 impl Entry {
@@ -29,7 +52,7 @@ impl Entry {
         let n = id.len().min(8);
         head[..n].copy_from_slice(&id[..n]);
         Entry {
-            version: Reverse(service.version.clone()),
+            version: version_key(service.version.as_ref()),
             prefix: u64::from_be_bytes(head),
             service,
         }
@@ -52,8 +75,14 @@ impl PartialOrd for Entry {
 
 impl Ord for Entry {
     fn cmp(&self, other: &Self) -> Ordering {
-        (&self.version, self.prefix)
-            .cmp(&(&other.version, other.prefix))
+        let versions = if self.version == COMPLEX || other.version == COMPLEX {
+            self.service.version.cmp(&other.service.version)
+        } else {
+            self.version.cmp(&other.version)
+        };
+        versions
+            .reverse()
+            .then(self.prefix.cmp(&other.prefix))
             .then_with(|| self.service.id.cmp(&other.service.id))
     }
 }
@@ -157,13 +186,46 @@ mod tests {
             ("z", Some("2.0.0")),
             ("a", None),
             ("b", Some("1.0.0")),
+            // Versions compared through the services: a pre-release sorts
+            // below its release, a part too big for the key above the rest.
+            ("pre", Some("1.0.0-rc.1")),
+            ("big", Some("1.2000000.0")),
+            ("pre2", Some("2.0.0-alpha")),
         ] {
             index.insert(service(id, version));
         }
         assert_eq!(
             all(&index),
-            ["z", "b", "instance", "instance-a", "instance-b", "a"]
+            [
+                "z",
+                "pre2",
+                "big",
+                "b",
+                "instance",
+                "instance-a",
+                "instance-b",
+                "pre",
+                "a"
+            ]
         );
+    }
+
+    #[test]
+    fn plain_versions_keys_are_ordered_as_the_versions() {
+        let versions = [
+            "0.0.1", "0.1.0", "0.1.9", "1.0.0", "1.0.10", "1.2.0", "10.0.0",
+        ];
+        let keys: Vec<u64> = versions
+            .iter()
+            .map(|v| version_key(Some(&v.parse().unwrap())))
+            .collect();
+        assert!(
+            keys.windows(2)
+                .all(|w| UNVERSIONED < w[0] && w[0] < w[1] && w[1] < COMPLEX)
+        );
+        for complex in ["1.0.0-rc.1", "1.0.0+build.5", "1048576.0.0"] {
+            assert_eq!(version_key(Some(&complex.parse().unwrap())), COMPLEX);
+        }
     }
 
     #[test]
