@@ -96,12 +96,19 @@ pub(crate) struct Index {
 impl Index {
     /// Adds the service, or replaces the one with its version and id.
     pub(crate) fn insert(&mut self, service: Arc<Service>) {
-        self.namespaces
-            .entry(service.namespace.clone())
-            .or_default()
-            .entry(service.name.clone())
-            .or_default()
-            .replace(Entry::new(service));
+        // Keys are copied only for a new namespace or name.
+        let names = match self.namespaces.get_mut(&service.namespace) {
+            Some(names) => names,
+            None => self
+                .namespaces
+                .entry(service.namespace.clone())
+                .or_default(),
+        };
+        let entries = match names.get_mut(&service.name) {
+            Some(entries) => entries,
+            None => names.entry(service.name.clone()).or_default(),
+        };
+        entries.replace(Entry::new(service));
     }
 
     pub(crate) fn remove(&mut self, service: &Arc<Service>) {

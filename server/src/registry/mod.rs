@@ -287,7 +287,8 @@ impl Registry {
             ));
         }
 
-        if let Some(existing) = state.by_id.get(&new.id) {
+        let existing = (!new.id.is_empty()).then(|| state.by_id.get(&new.id));
+        if let Some(existing) = existing.flatten() {
             if existing.session_id != new.session_id {
                 return Err(RegistryError::IdTaken(new.id));
             }
