@@ -167,14 +167,16 @@ pub(crate) async fn register_free(
             let mut client = Light::new(channel);
             let mut sample = Sample::default();
             let end = Instant::now() + duration;
+            // A host per worker, as sessions on different machines would
+            // have: a freed port stays quarantined on its host. Formatted
+            // once: the bench's own work takes from the server's cores.
+            let (role, host) = (format!("bench-{w}@1.0.0"), format!("bench-{w}"));
             while Instant::now() < end {
                 let t = Instant::now();
-                // A host per worker, as sessions on different machines would
-                // have: a freed port stays quarantined on its host.
                 let request = pb::RegisterRequest {
                     session_id: session.clone(),
-                    role: format!("bench-{w}@1.0.0"),
-                    host: format!("bench-{w}"),
+                    role: role.clone(),
+                    host: host.clone(),
                     ..Default::default()
                 };
                 let id = client.register(request).await;
@@ -209,14 +211,19 @@ pub(crate) async fn register(
             let mut sample = Sample::default();
             let end = Instant::now() + duration;
             let mut n = 0;
+            let role = format!("bench-{w}@1.0.0");
+            let mut host = String::new();
             while Instant::now() < end {
                 let t = Instant::now();
                 // A new host every 20k registrations, well within a host's
                 // assignable ports.
+                if n % 20_000 == 0 {
+                    host = format!("bench-{w}-{}", n / 20_000);
+                }
                 let request = pb::RegisterRequest {
                     session_id: session.clone(),
-                    role: format!("bench-{w}@1.0.0"),
-                    host: format!("bench-{w}-{}", n / 20_000),
+                    role: role.clone(),
+                    host: host.clone(),
                     ..Default::default()
                 };
                 client.register(request).await;
