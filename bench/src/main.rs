@@ -223,16 +223,7 @@ async fn main() {
                 pid,
                 d,
                 |t| scenarios::health(&channels, n, t),
-                |t| {
-                    let ids = ids.clone();
-                    async move {
-                        if keep {
-                            scenarios::register(on, ids, t).await
-                        } else {
-                            scenarios::register_free(on, ids, t).await
-                        }
-                    }
-                },
+                |t| scenarios::register(on, ids.clone(), t, keep),
             )
             .await;
             scenarios::close_sessions(sessions).await;

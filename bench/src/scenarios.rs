@@ -155,54 +155,16 @@ pub(crate) async fn close_sessions(sessions: Vec<Session>) {
     closing.join_all().await;
 }
 
-/// Register then free, in a loop, on each of the sessions; each RPC counts.
-pub(crate) async fn register_free(
-    channels: &[Channel],
-    sessions: Arc<Vec<String>>,
-    duration: Duration,
-) -> Sample {
-    closed_loop(channels, sessions.len(), move |w, channel| {
-        let session = sessions[w].clone();
-        async move {
-            let mut client = Light::new(channel);
-            let mut sample = Sample::default();
-            let end = Instant::now() + duration;
-            // A host per worker, as sessions on different machines would
-            // have: a freed port stays quarantined on its host. Formatted
-            // once: the bench's own work takes from the server's cores.
-            let (role, host) = (format!("bench-{w}@1.0.0"), format!("bench-{w}"));
-            while Instant::now() < end {
-                let t = Instant::now();
-                let request = pb::RegisterRequest {
-                    session_id: session.clone(),
-                    role: role.clone(),
-                    host: host.clone(),
-                    ..Default::default()
-                };
-                let id = client.register(request).await;
-                sample.record(t);
-                let t = Instant::now();
-                client
-                    .free(pb::FreeRequest {
-                        session_id: session.clone(),
-                        id,
-                    })
-                    .await;
-                sample.record(t);
-            }
-            sample
-        }
-    })
-    .await
-}
-
-/// Register in a loop on each of the sessions: a registration's cost, to
-/// set beside etcd's lease grant + put. What it registers stays until the
-/// sessions close.
+/// Register in a loop on each of the sessions, each RPC counted. With
+/// `keep`, what it registers stays until the sessions close: a
+/// registration's cost, to set beside etcd's lease grant + put. Without,
+/// each registration is freed at once (register+free), the Free counted
+/// too.
 pub(crate) async fn register(
     channels: &[Channel],
     sessions: Arc<Vec<String>>,
     duration: Duration,
+    keep: bool,
 ) -> Sample {
     closed_loop(channels, sessions.len(), move |w, channel| {
         let session = sessions[w].clone();
@@ -210,13 +172,17 @@ pub(crate) async fn register(
             let mut client = Light::new(channel);
             let mut sample = Sample::default();
             let end = Instant::now() + duration;
-            let mut n = 0;
+            // Formatted once: the bench's own work takes from the cores
+            // the server shares.
             let role = format!("bench-{w}@1.0.0");
             let mut host = String::new();
+            let mut n = 0;
             while Instant::now() < end {
                 let t = Instant::now();
-                // A new host every 20k registrations, well within a host's
-                // assignable ports.
+                // A host per worker, as sessions on different machines
+                // would have (a freed port stays quarantined on its host),
+                // and a new one every 20k registrations, well within a
+                // host's assignable ports.
                 if n % 20_000 == 0 {
                     host = format!("bench-{w}-{}", n / 20_000);
                 }
@@ -226,8 +192,17 @@ pub(crate) async fn register(
                     host: host.clone(),
                     ..Default::default()
                 };
-                client.register(request).await;
+                let id = client.register(request).await;
                 sample.record(t);
+                if !keep {
+                    let t = Instant::now();
+                    let free = pb::FreeRequest {
+                        session_id: session.clone(),
+                        id,
+                    };
+                    client.free(free).await;
+                    sample.record(t);
+                }
                 n += 1;
             }
             sample
