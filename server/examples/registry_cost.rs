@@ -1,8 +1,9 @@
 //! What the registry alone costs, with no RPC around it: a register + free
-//! on one thread, then with two threads taking turns with its lock; and a
-//! register into a name that already holds many services. Set beside
-//! seaport-bench's per-RPC server CPU, it tells how much of a
-//! registration's cost is the registry and how much the transport.
+//! on one thread with its memory in cache, then with other memory touched
+//! between operations (as a server's HTTP/2 work does), then with two
+//! threads taking turns with its lock; and a register into a name that
+//! already holds many services. Set beside seaport-bench's per-RPC server
+//! CPU, it tells how much of a registration's cost is the registry.
 //!
 //! `cargo run --release -p seaport-server --example registry_cost`
 
@@ -10,27 +11,58 @@ use std::time::{Duration, Instant};
 
 use seaport_server::registry::{Actor, Limits, NewService, Registry};
 
+/// Pairs timed in cache, and on two threads.
 const PAIRS: usize = 1_000_000;
+/// Pairs timed with other memory touched between operations.
+const COLD_PAIRS: usize = 10_000;
+/// Memory touched between operations for the cold figure.
+const OTHER_MEMORY: usize = 4 << 20;
+/// Long enough that no session expires during a run.
+const TTL: Duration = Duration::from_secs(3600);
 
-/// Nanoseconds per register + free, cycling over the sessions, each with
-/// its own name and host as the bench's sessions have.
-fn pairs(registry: &Registry, sessions: &[String], start: usize) -> f64 {
+/// One register + free on session `w`, each with its own name and host as
+/// the bench's sessions have; returns the time spent in the registry,
+/// `between` run after each operation outside the timing.
+fn pair(registry: &Registry, sessions: &[String], w: usize, mut between: impl FnMut()) -> Duration {
     let actor = Actor::default();
+    let new = NewService {
+        session_id: sessions[w].clone(),
+        role: format!("bench-{w}@1.0.0"),
+        host: format!("bench-{w}"),
+        ..Default::default()
+    };
     let t = Instant::now();
-    for i in 0..PAIRS {
-        let w = (start + i * 7919) % sessions.len();
-        let new = NewService {
-            session_id: sessions[w].clone(),
-            role: format!("bench-{w}@1.0.0"),
-            host: format!("bench-{w}"),
-            ..Default::default()
-        };
-        let service = registry.register(new, &actor).expect("register");
-        registry
-            .free(&sessions[w], &service.id, &actor)
-            .expect("free");
-    }
-    t.elapsed().as_nanos() as f64 / PAIRS as f64
+    let service = registry.register(new, &actor).expect("register");
+    let registering = t.elapsed();
+    between();
+    let t = Instant::now();
+    registry
+        .free(&sessions[w], &service.id, &actor)
+        .expect("free");
+    let freeing = t.elapsed();
+    between();
+    registering + freeing
+}
+
+/// Nanoseconds per pair over `count` pairs, cycling over the sessions.
+fn pairs(
+    registry: &Registry,
+    sessions: &[String],
+    start: usize,
+    count: usize,
+    mut between: impl FnMut(),
+) -> f64 {
+    let spent: Duration = (0..count)
+        .map(|i| {
+            pair(
+                registry,
+                sessions,
+                (start + i * 7919) % sessions.len(),
+                &mut between,
+            )
+        })
+        .sum();
+    spent.as_nanos() as f64 / count as f64
 }
 
 /// Nanoseconds per register into one name while it grows from `from` to
@@ -50,29 +82,43 @@ fn grow(registry: &Registry, session: &str, from: usize, to: usize) -> f64 {
     t.elapsed().as_nanos() as f64 / (to - from) as f64
 }
 
+fn limits() -> Limits {
+    Limits {
+        // None: at this loop's rate a quarantine of any length the
+        // server would use holds most of the range, and the figures would
+        // be the quarantine's.
+        port_quarantine: Duration::ZERO,
+        max_ttl: TTL,
+        max_registrations_per_session: usize::MAX,
+        ..Limits::default()
+    }
+}
+
 #[tokio::main]
 async fn main() {
+    let mut other = vec![0u8; OTHER_MEMORY];
+    let mut touch = || {
+        for line in other.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(1);
+        }
+        std::hint::black_box(&other);
+    };
     for n in [10, 100, 1000] {
-        // No quarantine: a few hosts churning a million ports would
-        // otherwise run out of them.
-        let limits = Limits {
-            port_quarantine: Duration::ZERO,
-            ..Limits::default()
-        };
-        let (registry, _reaper) = Registry::new(limits);
+        let (registry, _reaper) = Registry::new(limits());
         let sessions: Vec<String> = (0..n)
             .map(|i| {
                 registry
-                    .open_session(None, format!("h{i}"), String::new())
+                    .open_session(Some(TTL), format!("h{i}"), String::new())
                     .id
             })
             .collect();
-        pairs(&registry, &sessions, 0); // warm up
-        let alone = pairs(&registry, &sessions, 0);
+        pairs(&registry, &sessions, 0, PAIRS, || {}); // warm up
+        let alone = pairs(&registry, &sessions, 0, PAIRS, || {});
+        let cold = pairs(&registry, &sessions, 0, COLD_PAIRS, &mut touch);
         let threads: Vec<_> = [1, 3]
             .map(|start| {
                 let (registry, sessions) = (registry.clone(), sessions.clone());
-                std::thread::spawn(move || pairs(&registry, &sessions, start))
+                std::thread::spawn(move || pairs(&registry, &sessions, start, PAIRS, || {}))
             })
             .into_iter()
             .collect();
@@ -81,17 +127,17 @@ async fn main() {
             .map(|t| t.join().expect("thread"))
             .collect();
         println!(
-            "{n:>5} sessions: {alone:>6.0} ns per register+free on one thread; \
-             {:>6.0} ns each on two threads at once",
+            "{n:>5} sessions, ns per register+free: {alone:>5.0} in cache, \
+             {cold:>5.0} with 4 MiB touched between operations, \
+             {:>5.0} each on two threads at once",
             shared.iter().sum::<f64>() / shared.len() as f64
         );
     }
 
-    let (registry, _reaper) = Registry::new(Limits {
-        max_registrations_per_session: usize::MAX,
-        ..Limits::default()
-    });
-    let session = registry.open_session(None, "h".into(), String::new()).id;
+    let (registry, _reaper) = Registry::new(limits());
+    let session = registry
+        .open_session(Some(TTL), "h".into(), String::new())
+        .id;
     let mut held = 0;
     for size in [100_000, 300_000] {
         grow(&registry, &session, held, size - 10_000);
