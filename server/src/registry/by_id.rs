@@ -33,7 +33,7 @@ impl Borrow<str> for ById {
     }
 }
 
-/// Every live service, by id.
+/// Services by id: every live service, and each session's own.
 #[derive(Debug, Default)]
 pub(crate) struct ServicesById {
     services: HashSet<ById>,
@@ -55,5 +55,13 @@ impl ServicesById {
 
     pub(crate) fn remove(&mut self, id: &str) -> Option<Arc<Service>> {
         self.services.take(id).map(|s| s.0)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub(crate) fn into_services(self) -> impl Iterator<Item = Arc<Service>> {
+        self.services.into_iter().map(|s| s.0)
     }
 }

@@ -247,8 +247,8 @@ impl Registry {
             .remove(id)
             .ok_or_else(|| RegistryError::UnknownSession(id.to_string()))?;
         let freed = session.services.len();
-        for service_id in session.services {
-            self.remove_locked(&mut state, &service_id);
+        for service in session.services.into_services() {
+            self.remove_locked(&mut state, &service.id);
         }
         Ok(freed)
     }
@@ -322,17 +322,12 @@ impl Registry {
                 }
             })?
         } else {
-            if let Some(holder_id) = state.ports.holder(&host, port) {
-                let holder_role = state
-                    .by_id
-                    .get(holder_id)
-                    .map_or_else(|| "another service".into(), |h| h.role());
-                let holder_id = holder_id.to_string();
+            if let Some(holder) = state.ports.holder(&host, port) {
                 return Err(RegistryError::PortTaken {
+                    holder_role: holder.role(),
+                    holder_id: holder.id.clone(),
                     host,
                     port,
-                    holder_role,
-                    holder_id,
                 });
             }
             port
@@ -347,7 +342,7 @@ impl Registry {
 
         let revision = state.revision + 1;
         let service = Arc::new(Service {
-            id: id.clone(),
+            id,
             name: role.name,
             version: role.version,
             host,
@@ -355,16 +350,11 @@ impl Registry {
             metadata: new.metadata,
             namespace,
             owner,
-            session_id: new.session_id.clone(),
+            session_id: new.session_id,
             create_revision: revision,
             mod_revision: revision,
         });
-        state.ports.hold(&service.host, port, &id);
-        state.index.insert(service.clone());
-        state.by_id.put(service.clone());
-        if let Some(session) = state.sessions.open.get_mut(&new.session_id) {
-            session.services.insert(id);
-        }
+        place(state, &service);
         self.publish(state, ChangeKind::Registered, service.clone(), None);
         Ok(service)
     }
@@ -397,8 +387,7 @@ impl Registry {
             mod_revision: state.revision + 1,
             ..(*previous).clone()
         });
-        state.index.insert(service.clone());
-        state.by_id.put(service.clone());
+        place(state, &service);
         self.publish(state, ChangeKind::Updated, service.clone(), Some(previous));
         Ok(service)
     }
@@ -560,8 +549,8 @@ impl Registry {
         for id in state.sessions.due(Instant::now()) {
             if let Some(session) = state.sessions.open.remove(&id) {
                 tracing::info!(session = %id, services = session.services.len(), "session expired");
-                for service_id in session.services {
-                    self.remove_locked(&mut state, &service_id);
+                for service in session.services.into_services() {
+                    self.remove_locked(&mut state, &service.id);
                 }
             }
         }
@@ -583,6 +572,17 @@ fn session_of<'a>(state: &'a State, id: &str, actor: &Actor) -> Result<&'a Sessi
         });
     }
     Ok(session)
+}
+
+/// Puts a new or changed service in every table that holds it, so none
+/// keeps an older record of it.
+fn place(state: &mut State, service: &Arc<Service>) {
+    state.ports.hold(service);
+    state.index.insert(service.clone());
+    state.by_id.put(service.clone());
+    if let Some(session) = state.sessions.open.get_mut(&service.session_id) {
+        session.services.put(service.clone());
+    }
 }
 
 /// The service `id`, if `actor` may change it through `session_id`: the

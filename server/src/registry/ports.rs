@@ -3,7 +3,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::time::Duration;
+
+use seaport::Service;
 
 use tokio::time::Instant;
 
@@ -25,8 +28,8 @@ pub(crate) struct Ports {
 /// port allocates nothing.
 #[derive(Debug, Default)]
 struct Host {
-    /// port -> id of the registration holding it.
-    held: HashMap<u16, String>,
+    /// port -> the registration holding it (the registry's own `Arc`).
+    held: HashMap<u16, Arc<Service>>,
     /// Quarantined ports; the value counts their entries in `freed`.
     quarantined: HashMap<u16, usize>,
 }
@@ -51,18 +54,19 @@ impl Ports {
         }
     }
 
-    /// The id of the registration holding `port` on `host`, if any.
-    pub(crate) fn holder(&self, host: &str, port: u16) -> Option<&str> {
-        self.hosts.get(host)?.held.get(&port).map(String::as_str)
+    /// The registration holding `port` on `host`, if any.
+    pub(crate) fn holder(&self, host: &str, port: u16) -> Option<&Arc<Service>> {
+        self.hosts.get(host)?.held.get(&port)
     }
 
-    /// Marks `port` on `host` as held by registration `id`.
-    pub(crate) fn hold(&mut self, host: &str, port: u16, id: &str) {
-        let entry = match self.hosts.get_mut(host) {
+    /// Marks the service's port on its host as held by it (or by this
+    /// newer record of it).
+    pub(crate) fn hold(&mut self, service: &Arc<Service>) {
+        let entry = match self.hosts.get_mut(&service.host) {
             Some(entry) => entry,
-            None => self.hosts.entry(host.to_string()).or_default(),
+            None => self.hosts.entry(service.host.clone()).or_default(),
         };
-        entry.held.insert(port, id.to_string());
+        entry.held.insert(service.port, service.clone());
     }
 
     /// Releases `port` on `host`; it stays quarantined for a while.
@@ -142,15 +146,31 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    fn service(host: &str, port: u16) -> Arc<Service> {
+        Arc::new(Service {
+            id: format!("{host}:{port}"),
+            name: "web".into(),
+            version: None,
+            host: host.into(),
+            port,
+            metadata: Default::default(),
+            namespace: "default".into(),
+            owner: String::new(),
+            session_id: "s".into(),
+            create_revision: 1,
+            mod_revision: 1,
+        })
+    }
+
     #[test]
     fn assigns_every_port_of_a_small_range_then_runs_out() {
         let mut ports = Ports::new(20000..=20009, Duration::ZERO);
         let now = Instant::now();
         let mut seen = HashSet::new();
-        for i in 0..10 {
+        for _ in 0..10 {
             let p = ports.assign("h", now).expect("a port is free");
             assert!((20000..=20009).contains(&p));
-            ports.hold("h", p, &i.to_string());
+            ports.hold(&service("h", p));
             assert!(seen.insert(p), "port {p} handed out twice");
         }
         assert_eq!(ports.assign("h", now), None);
@@ -165,9 +185,10 @@ mod tests {
     async fn freed_port_is_quarantined_then_reusable() {
         let mut ports = Ports::new(20000..=20000, Duration::from_secs(5));
         let p = ports.assign("h", Instant::now()).unwrap();
-        ports.hold("h", p, "a");
+        ports.hold(&service("h", p));
+        assert_eq!(ports.holder("h", p).map(|s| s.id.as_str()), Some("h:20000"));
         ports.release("h", p, Instant::now());
-        assert_eq!(ports.holder("h", p), None);
+        assert!(ports.holder("h", p).is_none());
         assert_eq!(ports.assign("h", Instant::now()), None, "quarantined");
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(ports.assign("h", Instant::now()), Some(20000));

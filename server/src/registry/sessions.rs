@@ -1,10 +1,12 @@
 //! Sessions: who holds which registrations, and when each session expires
 //! unless it hears from its client.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::by_id::ServicesById;
 
 /// One client's lease.
 #[derive(Debug)]
@@ -14,7 +16,8 @@ pub(crate) struct Session {
     pub(crate) deadline: Option<Instant>,
     pub(crate) observed_host: String,
     pub(crate) owner: String,
-    pub(crate) services: HashSet<String>,
+    /// The registrations it holds: the same `Arc`s as the registry's.
+    pub(crate) services: ServicesById,
 }
 
 /// The open sessions and their expiry queue.

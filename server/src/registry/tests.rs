@@ -137,3 +137,33 @@ async fn get_wakes_when_an_update_brings_a_service_into_its_set() {
     let (found, _) = get.await.unwrap();
     assert_eq!(found[0].id, web.id);
 }
+
+#[tokio::test]
+async fn every_table_holds_the_updated_record_and_a_close_empties_them() {
+    let (registry, _guard) = Registry::new(Limits::default());
+    let s = registry.open_session(None, "h".into(), String::new());
+    let web = register(&registry, &s.id, "web@1.0.0");
+    let change = MetadataChange {
+        set: [("ready".to_string(), "yes".to_string())].into(),
+        ..Default::default()
+    };
+    let updated = registry
+        .update(&s.id, &web.id, change, &Actor::default())
+        .unwrap();
+    {
+        let state = registry.lock();
+        let held = state.ports.holder("h", web.port).unwrap();
+        let in_session = state.sessions.open[&s.id].services.get(&web.id).unwrap();
+        assert!(Arc::ptr_eq(held, &updated), "the port's holder is current");
+        assert!(Arc::ptr_eq(in_session, &updated), "the session's is too");
+    }
+    assert_eq!(registry.close_session(&s.id).unwrap(), 1);
+    let state = registry.lock();
+    assert!(state.by_id.get(&web.id).is_none());
+    assert!(state.ports.holder("h", web.port).is_none());
+    assert_eq!(
+        Arc::strong_count(&updated),
+        3,
+        "held only by the test and the history's Updated and Freed changes"
+    );
+}
