@@ -151,21 +151,10 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::test_service;
 
     fn service(id: &str, version: Option<&str>) -> Arc<Service> {
-        Arc::new(Service {
-            id: id.into(),
-            name: "web".into(),
-            version: version.map(|v| v.parse().unwrap()),
-            host: "h".into(),
-            port: 1,
-            metadata: Default::default(),
-            namespace: "default".into(),
-            owner: String::new(),
-            session_id: "s".into(),
-            create_revision: 1,
-            mod_revision: 1,
-        })
+        test_service(id, version, "h", 1)
     }
 
     fn all(index: &Index) -> Vec<String> {

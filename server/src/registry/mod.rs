@@ -669,5 +669,23 @@ async fn reap(registry: Registry) {
     }
 }
 
+/// A `web` service in the default namespace, for the unit tests.
+#[cfg(test)]
+fn test_service(id: &str, version: Option<&str>, host: &str, port: u16) -> Arc<Service> {
+    Arc::new(Service {
+        id: id.into(),
+        name: "web".into(),
+        version: version.map(|v| v.parse().expect("a version")),
+        host: host.into(),
+        port,
+        metadata: Default::default(),
+        namespace: DEFAULT_NAMESPACE.into(),
+        owner: String::new(),
+        session_id: "s".into(),
+        create_revision: 1,
+        mod_revision: 1,
+    })
+}
+
 #[cfg(test)]
 mod tests;

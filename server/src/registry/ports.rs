@@ -144,22 +144,11 @@ impl Ports {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::test_service;
     use std::collections::HashSet;
 
     fn service(host: &str, port: u16) -> Arc<Service> {
-        Arc::new(Service {
-            id: format!("{host}:{port}"),
-            name: "web".into(),
-            version: None,
-            host: host.into(),
-            port,
-            metadata: Default::default(),
-            namespace: "default".into(),
-            owner: String::new(),
-            session_id: "s".into(),
-            create_revision: 1,
-            mod_revision: 1,
-        })
+        test_service(&format!("{host}:{port}"), None, host, port)
     }
 
     #[test]
