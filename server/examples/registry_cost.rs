@@ -6,6 +6,7 @@
 //! CPU, it tells how much of a registration's cost is the registry.
 //!
 //! `cargo run --release -p seaport-server --example registry_cost`
+//! (`HISTORY=0` before it keeps no changes for resuming watches).
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,12 @@ fn limits() -> Limits {
         port_quarantine: Duration::ZERO,
         max_ttl: TTL,
         max_registrations_per_session: usize::MAX,
+        // HISTORY=n sets the changes kept for resuming watches: evicting
+        // the oldest (and freeing its service) is a cold read each time.
+        history: std::env::var("HISTORY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(Limits::default().history),
         ..Limits::default()
     }
 }
