@@ -287,8 +287,7 @@ impl Registry {
             ));
         }
 
-        let existing = (!new.id.is_empty()).then(|| state.by_id.get(&new.id));
-        if let Some(existing) = existing.flatten() {
+        if let Some(existing) = state.by_id.get(&new.id) {
             if existing.session_id != new.session_id {
                 return Err(RegistryError::IdTaken(new.id));
             }
