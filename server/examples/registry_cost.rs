@@ -135,8 +135,9 @@ async fn main() {
             .collect();
         println!(
             "{n:>5} sessions, ns per register+free: {alone:>5.0} in cache, \
-             {cold:>5.0} with 4 MiB touched between operations, \
+             {cold:>5.0} with {} MiB touched between operations, \
              {:>5.0} each on two threads at once",
+            OTHER_MEMORY >> 20,
             shared.iter().sum::<f64>() / shared.len() as f64
         );
     }
