@@ -1,8 +1,8 @@
 //! Services by id, holding each service's `Arc` and nothing else: the id is
 //! read from the service, not stored again as a key.
 
+use hashbrown::HashSet;
 use std::borrow::Borrow;
-use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 

@@ -2,7 +2,9 @@
 //! costs what the name holds rather than what the registry holds.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use seaport::Service;

@@ -394,10 +394,8 @@ impl Registry {
     /// Frees a registration; only its owner, or an admin, may.
     pub fn free(&self, session_id: &str, id: &str, actor: &Actor) -> Result<Arc<Service>> {
         let mut state = self.lock();
-        let holder = authorize(&state, session_id, id, actor, true)?
-            .session_id
-            .clone();
-        if let Some(session) = state.sessions.open.get_mut(&holder) {
+        let service = authorize(&state, session_id, id, actor, true)?.clone();
+        if let Some(session) = state.sessions.open.get_mut(&service.session_id) {
             session.services.remove(id);
         }
         Ok(self.remove_locked(&mut state, id).expect("checked above"))
@@ -511,9 +509,7 @@ impl Registry {
     fn remove_locked(&self, state: &mut State, id: &str) -> Option<Arc<Service>> {
         let service = state.by_id.remove(id)?;
         state.index.remove(&service);
-        state
-            .ports
-            .release(&service.host, service.port, Instant::now());
+        state.ports.release(&service, Instant::now());
         self.publish(state, ChangeKind::Freed, service.clone(), None);
         Some(service)
     }

@@ -1,7 +1,9 @@
 //! Which ports each host has in use, and which were freed too recently to
 //! hand out again (a restarting client may still be coming back for it).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +22,9 @@ pub(crate) struct Ports {
     quarantine: Duration,
     /// Each host with a held or quarantined port.
     hosts: HashMap<String, Host>,
-    /// Recently freed, oldest first: (freed at, host, port).
-    freed: VecDeque<(Instant, String, u16)>,
+    /// Recently freed, oldest first: (freed at, the freed service, whose
+    /// host and port it names).
+    freed: VecDeque<(Instant, Arc<Service>)>,
 }
 
 /// One host's ports: looked up by port alone, so checking a candidate
@@ -69,17 +72,18 @@ impl Ports {
         entry.held.insert(service.port, service.clone());
     }
 
-    /// Releases `port` on `host`; it stays quarantined for a while.
-    pub(crate) fn release(&mut self, host: &str, port: u16, now: Instant) {
-        let Some(entry) = self.hosts.get_mut(host) else {
+    /// Releases the freed service's port on its host; it stays quarantined
+    /// for a while.
+    pub(crate) fn release(&mut self, service: &Arc<Service>, now: Instant) {
+        let Some(entry) = self.hosts.get_mut(service.host.as_str()) else {
             return;
         };
-        entry.held.remove(&port);
+        entry.held.remove(&service.port);
         if !self.quarantine.is_zero() {
-            *entry.quarantined.entry(port).or_default() += 1;
-            self.freed.push_back((now, host.to_string(), port));
+            *entry.quarantined.entry(service.port).or_default() += 1;
+            self.freed.push_back((now, service.clone()));
         } else if entry.is_empty() {
-            self.hosts.remove(host);
+            self.hosts.remove(service.host.as_str());
         }
     }
 
@@ -110,12 +114,13 @@ impl Ports {
     }
 
     fn expire_quarantine(&mut self, now: Instant) {
-        while let Some((at, _, _)) = self.freed.front() {
+        while let Some((at, _)) = self.freed.front() {
             if now.duration_since(*at) < self.quarantine {
                 break;
             }
-            let (_, host, port) = self.freed.pop_front().expect("front exists");
-            let Some(entry) = self.hosts.get_mut(&host) else {
+            let (_, freed) = self.freed.pop_front().expect("front exists");
+            let (host, port) = (freed.host.as_str(), freed.port);
+            let Some(entry) = self.hosts.get_mut(host) else {
                 continue;
             };
             if let Some(n) = entry.quarantined.get_mut(&port) {
@@ -125,14 +130,14 @@ impl Ports {
                 }
             }
             if entry.is_empty() {
-                self.hosts.remove(&host);
+                self.hosts.remove(host);
             }
         }
     }
 
     /// Hosts with at least one held port (for tests and metrics).
     #[cfg(test)]
-    pub(crate) fn hosts(&self) -> std::collections::HashSet<&str> {
+    pub(crate) fn hosts(&self) -> hashbrown::HashSet<&str> {
         self.hosts
             .iter()
             .filter(|(_, h)| !h.held.is_empty())
@@ -176,7 +181,7 @@ mod tests {
         let p = ports.assign("h", Instant::now()).unwrap();
         ports.hold(&service("h", p));
         assert_eq!(ports.holder("h", p).map(|s| s.id.as_str()), Some("h:20000"));
-        ports.release("h", p, Instant::now());
+        ports.release(&service("h", p), Instant::now());
         assert!(ports.holder("h", p).is_none());
         assert_eq!(ports.assign("h", Instant::now()), None, "quarantined");
         tokio::time::advance(Duration::from_secs(5)).await;

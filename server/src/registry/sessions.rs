@@ -1,7 +1,9 @@
 //! Sessions: who holds which registrations, and when each session expires
 //! unless it hears from its client.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use hashbrown::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
