@@ -509,7 +509,9 @@ impl Registry {
     fn remove_locked(&self, state: &mut State, id: &str) -> Option<Arc<Service>> {
         let service = state.by_id.remove(id)?;
         state.index.remove(&service);
-        state.ports.release(&service, Instant::now());
+        state
+            .ports
+            .release(&service.host, service.port, Instant::now());
         self.publish(state, ChangeKind::Freed, service.clone(), None);
         Some(service)
     }

@@ -22,9 +22,8 @@ pub(crate) struct Ports {
     quarantine: Duration,
     /// Each host with a held or quarantined port.
     hosts: HashMap<String, Host>,
-    /// Recently freed, oldest first: (freed at, the freed service, whose
-    /// host and port it names).
-    freed: VecDeque<(Instant, Arc<Service>)>,
+    /// Recently freed, oldest first: (freed at, host, port).
+    freed: VecDeque<(Instant, String, u16)>,
 }
 
 /// One host's ports: looked up by port alone, so checking a candidate
@@ -72,18 +71,17 @@ impl Ports {
         entry.held.insert(service.port, service.clone());
     }
 
-    /// Releases the freed service's port on its host; it stays quarantined
-    /// for a while.
-    pub(crate) fn release(&mut self, service: &Arc<Service>, now: Instant) {
-        let Some(entry) = self.hosts.get_mut(service.host.as_str()) else {
+    /// Releases `port` on `host`; it stays quarantined for a while.
+    pub(crate) fn release(&mut self, host: &str, port: u16, now: Instant) {
+        let Some(entry) = self.hosts.get_mut(host) else {
             return;
         };
-        entry.held.remove(&service.port);
+        entry.held.remove(&port);
         if !self.quarantine.is_zero() {
-            *entry.quarantined.entry(service.port).or_default() += 1;
-            self.freed.push_back((now, service.clone()));
+            *entry.quarantined.entry(port).or_default() += 1;
+            self.freed.push_back((now, host.to_string(), port));
         } else if entry.is_empty() {
-            self.hosts.remove(service.host.as_str());
+            self.hosts.remove(host);
         }
     }
 
@@ -114,13 +112,12 @@ impl Ports {
     }
 
     fn expire_quarantine(&mut self, now: Instant) {
-        while let Some((at, _)) = self.freed.front() {
+        while let Some((at, _, _)) = self.freed.front() {
             if now.duration_since(*at) < self.quarantine {
                 break;
             }
-            let (_, freed) = self.freed.pop_front().expect("front exists");
-            let (host, port) = (freed.host.as_str(), freed.port);
-            let Some(entry) = self.hosts.get_mut(host) else {
+            let (_, host, port) = self.freed.pop_front().expect("front exists");
+            let Some(entry) = self.hosts.get_mut(&host) else {
                 continue;
             };
             if let Some(n) = entry.quarantined.get_mut(&port) {
@@ -130,7 +127,7 @@ impl Ports {
                 }
             }
             if entry.is_empty() {
-                self.hosts.remove(host);
+                self.hosts.remove(&host);
             }
         }
     }
@@ -181,7 +178,7 @@ mod tests {
         let p = ports.assign("h", Instant::now()).unwrap();
         ports.hold(&service("h", p));
         assert_eq!(ports.holder("h", p).map(|s| s.id.as_str()), Some("h:20000"));
-        ports.release(&service("h", p), Instant::now());
+        ports.release("h", p, Instant::now());
         assert!(ports.holder("h", p).is_none());
         assert_eq!(ports.assign("h", Instant::now()), None, "quarantined");
         tokio::time::advance(Duration::from_secs(5)).await;

@@ -163,7 +163,7 @@ async fn every_table_holds_the_updated_record_and_a_close_empties_them() {
     assert!(state.ports.holder("h", web.port).is_none());
     assert_eq!(
         Arc::strong_count(&updated),
-        4,
-        "held only by the test, the history's Updated and Freed changes, and the port's quarantine"
+        3,
+        "held only by the test and the history's Updated and Freed changes"
     );
 }
