@@ -219,11 +219,15 @@ async fn main() {
             // they kept) once the row is measured.
             let sessions = scenarios::open_sessions(on, n).await;
             let ids = Arc::new(sessions.iter().map(|s| s.id.clone()).collect::<Vec<_>>());
+            let mut slice = 0;
             let (baseline, sample) = side_by_side(
                 pid,
                 d,
                 |t| scenarios::health(&channels, n, t),
-                |t| scenarios::register(on, ids.clone(), t, keep),
+                |t| {
+                    slice += 1;
+                    scenarios::register(on, ids.clone(), t, keep, slice)
+                },
             )
             .await;
             scenarios::close_sessions(sessions).await;

@@ -159,12 +159,14 @@ pub(crate) async fn close_sessions(sessions: Vec<Session>) {
 /// `keep`, what it registers stays until the sessions close: a
 /// registration's cost, to set beside etcd's lease grant + put. Without,
 /// each registration is freed at once (register+free), the Free counted
-/// too.
+/// too. `slice` numbers the calls on the same sessions, so each uses
+/// hosts of its own: what earlier slices kept holds their hosts' ports.
 pub(crate) async fn register(
     channels: &[Channel],
     sessions: Arc<Vec<String>>,
     duration: Duration,
     keep: bool,
+    slice: u32,
 ) -> Sample {
     closed_loop(channels, sessions.len(), move |w, channel| {
         let session = sessions[w].clone();
@@ -184,7 +186,7 @@ pub(crate) async fn register(
                 // and a new one every 20k registrations, well within a
                 // host's assignable ports.
                 if n % 20_000 == 0 {
-                    host = format!("bench-{w}-{}", n / 20_000);
+                    host = format!("bench-{w}-{slice}-{}", n / 20_000);
                 }
                 let request = pb::RegisterRequest {
                     session_id: session.clone(),
