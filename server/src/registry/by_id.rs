@@ -1,11 +1,11 @@
 //! Services by id, holding each service's `Arc` and nothing else: the id is
 //! read from the service, not stored again as a key.
 
-use hashbrown::HashSet;
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use hashbrown::HashSet;
 use seaport::Service;
 
 /// A service hashed and compared by its id.

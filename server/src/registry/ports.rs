@@ -2,14 +2,12 @@
 //! hand out again (a restarting client may still be coming back for it).
 
 use std::collections::VecDeque;
-
-use hashbrown::HashMap;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hashbrown::HashMap;
 use seaport::Service;
-
 use tokio::time::Instant;
 
 /// Random picks tried before scanning the range in order.

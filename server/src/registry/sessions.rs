@@ -2,10 +2,9 @@
 //! unless it hears from its client.
 
 use std::collections::BTreeSet;
-
-use hashbrown::HashMap;
 use std::time::Duration;
 
+use hashbrown::HashMap;
 use tokio::time::Instant;
 
 use super::by_id::ServicesById;
