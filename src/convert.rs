@@ -72,9 +72,9 @@ impl From<&Service> for pb::Service {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            namespace: s.namespace.clone(),
-            owner: s.owner.clone(),
-            session_id: s.session_id.clone(),
+            namespace: s.namespace.to_string(),
+            owner: s.owner.to_string(),
+            session_id: s.session_id.to_string(),
             create_revision: s.create_revision,
             mod_revision: s.mod_revision,
         }
@@ -107,9 +107,9 @@ impl TryFrom<pb::Service> for Service {
             host: s.host,
             port,
             metadata: s.metadata.into_iter().collect(),
-            namespace: s.namespace,
-            owner: s.owner,
-            session_id: s.session_id,
+            namespace: s.namespace.into(),
+            owner: s.owner.into(),
+            session_id: s.session_id.into(),
             create_revision: s.create_revision,
             mod_revision: s.mod_revision,
         })

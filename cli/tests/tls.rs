@@ -207,7 +207,7 @@ async fn without_a_certificate_writes_are_refused_and_reads_allowed() {
         .await
         .unwrap();
     assert_eq!(
-        web.service().owner,
+        &*web.service().owner,
         "alice",
         "the certificate's identity owns it"
     );

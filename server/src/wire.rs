@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use prost::bytes::{Buf, BufMut};
-use prost::encoding::{self, DecodeContext, WireType, string, uint32, uint64};
+use prost::encoding::{self, DecodeContext, WireType, uint32, uint64};
 use semver::Version;
 
 /// A registry record on its way out. The server only ever encodes a
@@ -23,9 +23,9 @@ impl Default for Service {
             host: String::new(),
             port: 0,
             metadata: seaport::Metadata::new(),
-            namespace: String::new(),
-            owner: String::new(),
-            session_id: String::new(),
+            namespace: "".into(),
+            owner: "".into(),
+            session_id: "".into(),
             create_revision: 0,
             mod_revision: 0,
         }))
@@ -48,17 +48,19 @@ mod tag {
 }
 
 /// Proto3 leaves out fields that hold their default.
-fn put_string(tag: u32, value: &String, buf: &mut impl BufMut) {
+fn put_string(tag: u32, value: &str, buf: &mut impl BufMut) {
     if !value.is_empty() {
-        string::encode(tag, value, buf);
+        encoding::encode_key(tag, WireType::LengthDelimited, buf);
+        encoding::encode_varint(value.len() as u64, buf);
+        buf.put_slice(value.as_bytes());
     }
 }
 
-fn string_len(tag: u32, value: &String) -> usize {
+fn string_len(tag: u32, value: &str) -> usize {
     if value.is_empty() {
         0
     } else {
-        string::encoded_len(tag, value)
+        encoding::key_len(tag) + encoding::encoded_len_varint(value.len() as u64) + value.len()
     }
 }
 
@@ -112,7 +114,7 @@ fn put_version(tag: u32, v: &Version, buf: &mut impl BufMut) {
 }
 
 /// A map entry is a message of key (1) and value (2).
-fn entry_len(key: &String, value: &String) -> usize {
+fn entry_len(key: &str, value: &str) -> usize {
     string_len(1, key) + string_len(2, value)
 }
 

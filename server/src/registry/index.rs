@@ -91,14 +91,22 @@ impl Ord for Entry {
 /// namespace -> name -> services in answer order.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    namespaces: HashMap<String, BTreeMap<String, BTreeSet<Entry>>>,
+    namespaces: HashMap<Arc<str>, BTreeMap<String, BTreeSet<Entry>>>,
 }
 
 impl Index {
+    /// The index's own copy of a namespace's name, when it holds services
+    /// there: new services share it rather than each holding a copy.
+    pub(crate) fn namespace(&self, namespace: &str) -> Option<Arc<str>> {
+        self.namespaces
+            .get_key_value(namespace)
+            .map(|(k, _)| k.clone())
+    }
+
     /// Adds the service, or replaces the one with its version and id.
     pub(crate) fn insert(&mut self, service: Arc<Service>) {
         // Keys are copied only for a new namespace or name.
-        let names = match self.namespaces.get_mut(&service.namespace) {
+        let names = match self.namespaces.get_mut(&*service.namespace) {
             Some(names) => names,
             None => self
                 .namespaces
@@ -113,7 +121,7 @@ impl Index {
     }
 
     pub(crate) fn remove(&mut self, service: &Arc<Service>) {
-        let Some(names) = self.namespaces.get_mut(&service.namespace) else {
+        let Some(names) = self.namespaces.get_mut(&*service.namespace) else {
             return;
         };
         let Some(entries) = names.get_mut(&service.name) else {
@@ -123,7 +131,7 @@ impl Index {
         if entries.is_empty() {
             names.remove(&service.name);
             if names.is_empty() {
-                self.namespaces.remove(&service.namespace);
+                self.namespaces.remove(&*service.namespace);
             }
         }
     }
@@ -131,7 +139,7 @@ impl Index {
     /// Every service the selector matches, in the order the API promises
     /// (name, version descending, id). Clones `Arc`s, never services.
     pub(crate) fn select(&self, selector: &Selector) -> Vec<Arc<Service>> {
-        let Some(names) = self.namespaces.get(&selector.namespace) else {
+        let Some(names) = self.namespaces.get(selector.namespace.as_str()) else {
             return Vec::new();
         };
         let matching = |entries: &BTreeSet<Entry>| {

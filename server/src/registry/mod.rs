@@ -180,12 +180,12 @@ impl Registry {
         let id = random_id();
         let mut state = self.lock();
         state.sessions.insert(
-            id.clone(),
+            id.as_str().into(),
             Session {
                 ttl,
                 deadline: Some(Instant::now() + ttl),
                 observed_host: observed_host.clone(),
-                owner,
+                owner: owner.into(),
                 services: Default::default(),
             },
         );
@@ -206,10 +206,10 @@ impl Registry {
             ttl: Duration::ZERO,
             deadline: None,
             observed_host,
-            owner: String::new(),
+            owner: "".into(),
             services: Default::default(),
         };
-        self.lock().sessions.insert(id.clone(), session);
+        self.lock().sessions.insert(id.as_str().into(), session);
         id
     }
 
@@ -275,7 +275,8 @@ impl Registry {
         let now = Instant::now();
         let mut state = self.lock();
         let state = &mut *state;
-        let session = session_of(state, &new.session_id, actor)?;
+        let (session_id, session) = session_of(state, &new.session_id, actor)?;
+        let session_id = session_id.clone();
         let host = if new.host.is_empty() {
             session.observed_host.clone()
         } else {
@@ -288,13 +289,13 @@ impl Registry {
         }
 
         if let Some(existing) = state.by_id.get(&new.id) {
-            if existing.session_id != new.session_id {
+            if existing.session_id != session_id {
                 return Err(RegistryError::IdTaken(new.id));
             }
             let same = existing.name == role.name
                 && existing.version == role.version
                 && existing.host == host
-                && existing.namespace == namespace
+                && *existing.namespace == *namespace
                 && (port == 0 || existing.port == port);
             if same {
                 return Ok(existing.clone());
@@ -347,9 +348,12 @@ impl Registry {
             host,
             port,
             metadata: new.metadata,
-            namespace,
+            namespace: state
+                .index
+                .namespace(&namespace)
+                .unwrap_or_else(|| namespace.into()),
             owner,
-            session_id: new.session_id,
+            session_id,
             create_revision: revision,
             mod_revision: revision,
         });
@@ -395,7 +399,7 @@ impl Registry {
     pub fn free(&self, session_id: &str, id: &str, actor: &Actor) -> Result<Arc<Service>> {
         let mut state = self.lock();
         let service = authorize(&state, session_id, id, actor, true)?.clone();
-        if let Some(session) = state.sessions.open.get_mut(&service.session_id) {
+        if let Some(session) = state.sessions.open.get_mut(&*service.session_id) {
             session.services.remove(id);
         }
         Ok(self.remove_locked(&mut state, id).expect("checked above"))
@@ -556,19 +560,24 @@ impl Registry {
 }
 
 /// The session `id`, if it is open and belongs to `actor`'s identity.
-fn session_of<'a>(state: &'a State, id: &str, actor: &Actor) -> Result<&'a Session> {
-    let session = state
+/// Returns the session's id as the table holds it, for its services to share.
+fn session_of<'a>(
+    state: &'a State,
+    id: &str,
+    actor: &Actor,
+) -> Result<(&'a Arc<str>, &'a Session)> {
+    let (key, session) = state
         .sessions
         .open
-        .get(id)
+        .get_key_value(id)
         .ok_or_else(|| RegistryError::UnknownSession(id.to_string()))?;
-    if session.owner != actor.identity {
+    if *session.owner != *actor.identity {
         return Err(RegistryError::NotSessionOwner {
             session: id.to_string(),
-            owner: session.owner.clone(),
+            owner: session.owner.to_string(),
         });
     }
-    Ok(session)
+    Ok((key, session))
 }
 
 /// Puts a new or changed service in every table that holds it, so none
@@ -577,7 +586,7 @@ fn place(state: &mut State, service: &Arc<Service>) {
     state.ports.hold(service);
     state.index.insert(service.clone());
     state.by_id.put(service.clone());
-    if let Some(session) = state.sessions.open.get_mut(&service.session_id) {
+    if let Some(session) = state.sessions.open.get_mut(&*service.session_id) {
         session.services.put(service.clone());
     }
 }
@@ -597,14 +606,14 @@ fn authorize<'a>(
         .by_id
         .get(id)
         .ok_or_else(|| RegistryError::UnknownService(id.to_string()))?;
-    let owner = service.session_id == session_id
-        || (!service.owner.is_empty() && service.owner == actor.identity);
+    let owner = *service.session_id == *session_id
+        || (!service.owner.is_empty() && *service.owner == *actor.identity);
     if owner || (admin_may && actor.admin) {
         return Ok(service);
     }
     Err(RegistryError::NotOwner {
         id: id.to_string(),
-        owner: service.owner.clone(),
+        owner: service.owner.to_string(),
     })
 }
 
@@ -677,7 +686,7 @@ fn test_service(id: &str, version: Option<&str>, host: &str, port: u16) -> Arc<S
         port,
         metadata: Default::default(),
         namespace: DEFAULT_NAMESPACE.into(),
-        owner: String::new(),
+        owner: "".into(),
         session_id: "s".into(),
         create_revision: 1,
         mod_revision: 1,

@@ -2,6 +2,7 @@
 //! unless it hears from its client.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hashbrown::HashMap;
@@ -16,7 +17,7 @@ pub(crate) struct Session {
     /// `None` for the server's own session, which never expires.
     pub(crate) deadline: Option<Instant>,
     pub(crate) observed_host: String,
-    pub(crate) owner: String,
+    pub(crate) owner: Arc<str>,
     /// The registrations it holds: the same `Arc`s as the registry's.
     pub(crate) services: ServicesById,
 }
@@ -28,12 +29,14 @@ pub(crate) struct Session {
 /// update) and the reaper re-queues entries whose session was refreshed.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
-    pub(crate) open: HashMap<String, Session>,
-    expiries: BTreeSet<(Instant, String)>,
+    /// Keyed by the id every service of the session shares, rather than
+    /// each holding a copy.
+    pub(crate) open: HashMap<Arc<str>, Session>,
+    expiries: BTreeSet<(Instant, Arc<str>)>,
 }
 
 impl Sessions {
-    pub(crate) fn insert(&mut self, id: String, session: Session) {
+    pub(crate) fn insert(&mut self, id: Arc<str>, session: Session) {
         if let Some(deadline) = session.deadline {
             self.expiries.insert((deadline, id.clone()));
         }
@@ -51,7 +54,7 @@ impl Sessions {
 
     /// Ids of the sessions whose deadline has passed, removed from the
     /// queue; re-queues the ones refreshed since they were queued.
-    pub(crate) fn due(&mut self, now: Instant) -> Vec<String> {
+    pub(crate) fn due(&mut self, now: Instant) -> Vec<Arc<str>> {
         let mut due = Vec::new();
         while let Some((at, _)) = self.expiries.first() {
             if *at > now {

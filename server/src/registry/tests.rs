@@ -153,7 +153,10 @@ async fn every_table_holds_the_updated_record_and_a_close_empties_them() {
     {
         let state = registry.lock();
         let held = state.ports.holder("h", web.port).unwrap();
-        let in_session = state.sessions.open[&s.id].services.get(&web.id).unwrap();
+        let in_session = state.sessions.open[s.id.as_str()]
+            .services
+            .get(&web.id)
+            .unwrap();
         assert!(Arc::ptr_eq(held, &updated), "the port's holder is current");
         assert!(Arc::ptr_eq(in_session, &updated), "the session's is too");
     }

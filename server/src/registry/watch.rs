@@ -27,7 +27,7 @@ pub struct Selector {
 impl Selector {
     /// True when `service` is in this selector's set.
     pub fn matches(&self, service: &Service) -> bool {
-        service.namespace == self.namespace
+        *service.namespace == *self.namespace
             && self
                 .pattern
                 .matches(&service.name, service.version.as_ref())
