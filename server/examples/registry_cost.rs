@@ -21,15 +21,25 @@ const OTHER_MEMORY: usize = 4 << 20;
 /// Long enough that no session expires during a run.
 const TTL: Duration = Duration::from_secs(3600);
 
-/// One register + free on session `w`, each with its own name and host as
-/// the bench's sessions have; returns the time spent in the registry,
+/// Registrations on one host before the next, as seaport-bench does: well
+/// within a host's assignable ports while the freed ones are quarantined.
+const PER_HOST: usize = 20_000;
+
+/// One register + free on session `w`, each with its own name and hosts
+/// as the bench's sessions have; returns the time spent in the registry,
 /// `between` run after each operation outside the timing.
-fn pair(registry: &Registry, sessions: &[String], w: usize, mut between: impl FnMut()) -> Duration {
+fn pair(
+    registry: &Registry,
+    sessions: &[String],
+    w: usize,
+    host: String,
+    mut between: impl FnMut(),
+) -> Duration {
     let actor = Actor::default();
     let new = NewService {
         session_id: sessions[w].clone(),
         role: format!("bench-{w}@1.0.0"),
-        host: format!("bench-{w}"),
+        host,
         ..Default::default()
     };
     let t = Instant::now();
@@ -45,22 +55,21 @@ fn pair(registry: &Registry, sessions: &[String], w: usize, mut between: impl Fn
     registering + freeing
 }
 
-/// Nanoseconds per pair over `count` pairs, cycling over the sessions.
+/// Nanoseconds per pair over `count` pairs, cycling over the sessions;
+/// hosts are named after `run`, so no run finds another's quarantine.
 fn pairs(
     registry: &Registry,
     sessions: &[String],
+    run: &str,
     start: usize,
     count: usize,
     mut between: impl FnMut(),
 ) -> f64 {
     let spent: Duration = (0..count)
         .map(|i| {
-            pair(
-                registry,
-                sessions,
-                (start + i * 7919) % sessions.len(),
-                &mut between,
-            )
+            let w = (start + i * 7919) % sessions.len();
+            let host = format!("{run}-{w}-{}", i / sessions.len() / PER_HOST);
+            pair(registry, sessions, w, host, &mut between)
         })
         .sum();
     spent.as_nanos() as f64 / count as f64
@@ -85,10 +94,6 @@ fn grow(registry: &Registry, session: &str, from: usize, to: usize) -> f64 {
 
 fn limits() -> Limits {
     Limits {
-        // None: at this loop's rate a quarantine of any length the
-        // server would use holds most of the range, and the figures would
-        // be the quarantine's.
-        port_quarantine: Duration::ZERO,
         max_ttl: TTL,
         max_registrations_per_session: usize::MAX,
         // HISTORY=n sets the changes kept for resuming watches: evicting
@@ -119,13 +124,22 @@ async fn main() {
                     .id
             })
             .collect();
-        pairs(&registry, &sessions, 0, PAIRS, || {}); // warm up
-        let alone = pairs(&registry, &sessions, 0, PAIRS, || {});
-        let cold = pairs(&registry, &sessions, 0, COLD_PAIRS, &mut touch);
+        pairs(&registry, &sessions, "warm", 0, PAIRS, || {});
+        let alone = pairs(&registry, &sessions, "alone", 0, PAIRS, || {});
+        let cold = pairs(&registry, &sessions, "cold", 0, COLD_PAIRS, &mut touch);
         let threads: Vec<_> = [1, 3]
             .map(|start| {
                 let (registry, sessions) = (registry.clone(), sessions.clone());
-                std::thread::spawn(move || pairs(&registry, &sessions, start, PAIRS, || {}))
+                std::thread::spawn(move || {
+                    pairs(
+                        &registry,
+                        &sessions,
+                        &format!("thread{start}"),
+                        start,
+                        PAIRS,
+                        || {},
+                    )
+                })
             })
             .into_iter()
             .collect();
