@@ -65,7 +65,7 @@ impl From<&Service> for pb::Service {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
-            host: s.host.clone(),
+            host: s.host.to_string(),
             port: u32::from(s.port),
             metadata: s
                 .metadata
@@ -104,7 +104,7 @@ impl TryFrom<pb::Service> for Service {
             id: s.id,
             name: s.name,
             version,
-            host: s.host,
+            host: s.host.into(),
             port,
             metadata: s.metadata.into_iter().collect(),
             namespace: s.namespace.into(),

@@ -30,7 +30,7 @@ pub(crate) fn service_json(s: &Service) -> Value {
         "id": s.id,
         "name": s.name,
         "version": s.version.as_ref().map(ToString::to_string).unwrap_or_default(),
-        "host": s.host,
+        "host": &*s.host,
         "port": s.port,
         "address": s.address(),
         "metadata": s.metadata.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>(),

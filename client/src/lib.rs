@@ -327,7 +327,7 @@ impl SeaportClient {
         let service = Service::try_from(reply.service.unwrap_or_default())?;
         let remembered = pb::RegisterRequest {
             id: service.id.clone(),
-            host: service.host.clone(),
+            host: service.host.to_string(),
             port: u32::from(service.port),
             ..request
         };

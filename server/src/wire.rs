@@ -20,7 +20,7 @@ impl Default for Service {
             id: String::new(),
             name: String::new(),
             version: None,
-            host: String::new(),
+            host: "".into(),
             port: 0,
             metadata: seaport::Metadata::new(),
             namespace: "".into(),
@@ -236,7 +236,7 @@ mod tests {
             seaport::Service {
                 port: 0,
                 create_revision: 0,
-                host: String::new(),
+                host: "".into(),
                 ..service(Some("10.20.30"), &[])
             },
         ];

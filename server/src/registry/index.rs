@@ -2,7 +2,7 @@
 //! costs what the name holds rather than what the registry holds.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -88,10 +88,12 @@ impl Ord for Entry {
     }
 }
 
-/// namespace -> name -> services in answer order.
+/// namespace -> name -> services in answer order. Names are hashed, not
+/// sorted: a registration finds its name with one probe instead of a walk
+/// down a tree, and only an answer across all names sorts them.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    namespaces: HashMap<Arc<str>, BTreeMap<String, BTreeSet<Entry>>>,
+    namespaces: HashMap<Arc<str>, HashMap<String, BTreeSet<Entry>>>,
 }
 
 impl Index {
@@ -152,7 +154,11 @@ impl Index {
         };
         match &selector.pattern.name {
             Some(name) => names.get(name).map(matching).unwrap_or_default(),
-            None => names.values().flat_map(matching).collect(),
+            None => {
+                let mut names: Vec<_> = names.iter().collect();
+                names.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                names.into_iter().flat_map(|(_, e)| matching(e)).collect()
+            }
         }
     }
 }
@@ -213,6 +219,33 @@ mod tests {
                 "a"
             ]
         );
+    }
+
+    #[test]
+    fn an_answer_across_all_names_is_ordered_by_name_then_version() {
+        let mut index = Index::default();
+        for (name, id, version) in [
+            ("web", "w1", "1.0.0"),
+            ("api", "a1", "1.0.0"),
+            ("web", "w2", "2.0.0"),
+            ("db", "d1", "1.0.0"),
+            ("api", "a2", "3.0.0"),
+        ] {
+            let mut service = (*service(id, Some(version))).clone();
+            service.name = name.into();
+            index.insert(Arc::new(service));
+        }
+        let selector = Selector {
+            namespace: "default".into(),
+            pattern: "".parse().unwrap(),
+            metadata: Default::default(),
+        };
+        let ids: Vec<String> = index
+            .select(&selector)
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        assert_eq!(ids, ["a2", "a1", "d1", "w2", "w1"]);
     }
 
     #[test]

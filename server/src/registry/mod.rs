@@ -294,7 +294,7 @@ impl Registry {
             }
             let same = existing.name == role.name
                 && existing.version == role.version
-                && existing.host == host
+                && *existing.host == *host
                 && *existing.namespace == *namespace
                 && (port == 0 || existing.port == port);
             if same {
@@ -345,7 +345,7 @@ impl Registry {
             id,
             name: role.name,
             version: role.version,
-            host,
+            host: state.ports.shared_name(&host),
             port,
             metadata: new.metadata,
             namespace: state

@@ -18,10 +18,11 @@ const RANDOM_TRIES: usize = 64;
 pub(crate) struct Ports {
     range: RangeInclusive<u16>,
     quarantine: Duration,
-    /// Each host with a held or quarantined port.
-    hosts: HashMap<String, Host>,
+    /// Each host with a held or quarantined port, by the name its
+    /// services share.
+    hosts: HashMap<Arc<str>, Host>,
     /// Recently freed, oldest first: (freed at, host, port).
-    freed: VecDeque<(Instant, String, u16)>,
+    freed: VecDeque<(Instant, Arc<str>, u16)>,
 }
 
 /// One host's ports: looked up by port alone, so checking a candidate
@@ -59,10 +60,21 @@ impl Ports {
         self.hosts.get(host)?.held.get(&port)
     }
 
+    /// The host's name as this table holds it, for a new service on it to
+    /// share instead of copying; the caller holds a port on it next.
+    pub(crate) fn shared_name(&mut self, host: &str) -> Arc<str> {
+        if let Some((name, _)) = self.hosts.get_key_value(host) {
+            return name.clone();
+        }
+        let name: Arc<str> = host.into();
+        self.hosts.insert(name.clone(), Host::default());
+        name
+    }
+
     /// Marks the service's port on its host as held by it (or by this
     /// newer record of it).
     pub(crate) fn hold(&mut self, service: &Arc<Service>) {
-        let entry = match self.hosts.get_mut(&service.host) {
+        let entry = match self.hosts.get_mut(&*service.host) {
             Some(entry) => entry,
             None => self.hosts.entry(service.host.clone()).or_default(),
         };
@@ -70,16 +82,16 @@ impl Ports {
     }
 
     /// Releases `port` on `host`; it stays quarantined for a while.
-    pub(crate) fn release(&mut self, host: &str, port: u16, now: Instant) {
-        let Some(entry) = self.hosts.get_mut(host) else {
+    pub(crate) fn release(&mut self, host: &Arc<str>, port: u16, now: Instant) {
+        let Some(entry) = self.hosts.get_mut(&**host) else {
             return;
         };
         entry.held.remove(&port);
         if !self.quarantine.is_zero() {
             *entry.quarantined.entry(port).or_default() += 1;
-            self.freed.push_back((now, host.to_string(), port));
+            self.freed.push_back((now, host.clone(), port));
         } else if entry.is_empty() {
-            self.hosts.remove(host);
+            self.hosts.remove(&**host);
         }
     }
 
@@ -115,7 +127,7 @@ impl Ports {
                 break;
             }
             let (_, host, port) = self.freed.pop_front().expect("front exists");
-            let Some(entry) = self.hosts.get_mut(&host) else {
+            let Some(entry) = self.hosts.get_mut(&*host) else {
                 continue;
             };
             if let Some(n) = entry.quarantined.get_mut(&port) {
@@ -125,7 +137,7 @@ impl Ports {
                 }
             }
             if entry.is_empty() {
-                self.hosts.remove(&host);
+                self.hosts.remove(&*host);
             }
         }
     }
@@ -136,7 +148,7 @@ impl Ports {
         self.hosts
             .iter()
             .filter(|(_, h)| !h.held.is_empty())
-            .map(|(name, _)| name.as_str())
+            .map(|(name, _)| &**name)
             .collect()
     }
 }
@@ -176,7 +188,7 @@ mod tests {
         let p = ports.assign("h", Instant::now()).unwrap();
         ports.hold(&service("h", p));
         assert_eq!(ports.holder("h", p).map(|s| s.id.as_str()), Some("h:20000"));
-        ports.release("h", p, Instant::now());
+        ports.release(&"h".into(), p, Instant::now());
         assert!(ports.holder("h", p).is_none());
         assert_eq!(ports.assign("h", Instant::now()), None, "quarantined");
         tokio::time::advance(Duration::from_secs(5)).await;
