@@ -93,7 +93,77 @@ impl Ord for Entry {
 /// down a tree, and only an answer across all names sorts them.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    namespaces: HashMap<Arc<str>, HashMap<String, BTreeSet<Entry>>>,
+    namespaces: HashMap<Arc<str>, HashMap<String, Entries>>,
+}
+
+/// Past this many services a name's entries move from a sorted vector to a
+/// tree.
+const FEW: usize = 32;
+
+/// One name's services in answer order. Most names have a few replicas: a
+/// sorted vector holds four in 96 bytes where a tree's first node takes
+/// 288, and finds one in as few comparisons. A name with thousands moves to
+/// a tree, so that a registration never shifts them all.
+#[derive(Debug)]
+enum Entries {
+    Few(Vec<Entry>),
+    Many(BTreeSet<Entry>),
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Entries::Few(Vec::new())
+    }
+}
+
+impl Entries {
+    /// Adds the entry, or replaces the equal one.
+    fn put(&mut self, entry: Entry) {
+        match self {
+            Entries::Few(few) => match few.binary_search(&entry) {
+                Ok(at) => few[at] = entry,
+                Err(at) if few.len() < FEW => few.insert(at, entry),
+                Err(_) => {
+                    let mut many: BTreeSet<Entry> = few.drain(..).collect();
+                    many.insert(entry);
+                    *self = Entries::Many(many);
+                }
+            },
+            Entries::Many(many) => {
+                many.replace(entry);
+            }
+        }
+    }
+
+    fn remove(&mut self, entry: &Entry) {
+        match self {
+            Entries::Few(few) => {
+                if let Ok(at) = few.binary_search(entry) {
+                    few.remove(at);
+                }
+            }
+            Entries::Many(many) => {
+                many.remove(entry);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Entries::Few(few) => few.is_empty(),
+            Entries::Many(many) => many.is_empty(),
+        }
+    }
+
+    fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        let (few, many) = match self {
+            Entries::Few(few) => (few.as_slice(), None),
+            Entries::Many(many) => (&[][..], Some(many)),
+        };
+        few.iter()
+            .chain(many.into_iter().flatten())
+            .map(|e| &e.service)
+    }
 }
 
 impl Index {
@@ -119,7 +189,7 @@ impl Index {
             Some(entries) => entries,
             None => names.entry(service.name.clone()).or_default(),
         };
-        entries.replace(Entry::new(service));
+        entries.put(Entry::new(service));
     }
 
     pub(crate) fn remove(&mut self, service: &Arc<Service>) {
@@ -144,10 +214,9 @@ impl Index {
         let Some(names) = self.namespaces.get(selector.namespace.as_str()) else {
             return Vec::new();
         };
-        let matching = |entries: &BTreeSet<Entry>| {
+        let matching = |entries: &Entries| {
             entries
-                .iter()
-                .map(|e| &e.service)
+                .services()
                 .filter(|s| selector.matches(s))
                 .cloned()
                 .collect::<Vec<_>>()
@@ -246,6 +315,42 @@ mod tests {
             .map(|s| s.id.clone())
             .collect();
         assert_eq!(ids, ["a2", "a1", "d1", "w2", "w1"]);
+    }
+
+    #[test]
+    fn a_name_keeps_answer_order_as_it_grows_past_a_few_and_shrinks() {
+        let mut index = Index::default();
+        let services: Vec<_> = (0..FEW * 3)
+            .map(|i| service(&format!("id-{i:03}"), Some(&format!("1.{}.0", i % 7))))
+            .collect();
+        let order = |mut held: Vec<&Arc<Service>>| {
+            held.sort_by(|a, b| b.version.cmp(&a.version).then(a.id.cmp(&b.id)));
+            held.iter().map(|s| s.id.clone()).collect::<Vec<_>>()
+        };
+        // Inserted out of order, and each once more: a repeat replaces.
+        let shuffled: Vec<_> = (0..services.len())
+            .map(|i| &services[i * 7 % services.len()])
+            .collect();
+        for (n, s) in shuffled.iter().enumerate() {
+            index.insert((*s).clone());
+            index.insert((*s).clone());
+            assert_eq!(
+                all(&index),
+                order(shuffled[..=n].to_vec()),
+                "after {} inserts",
+                n + 1
+            );
+        }
+        for (n, s) in shuffled.iter().enumerate() {
+            index.remove(s);
+            assert_eq!(
+                all(&index),
+                order(shuffled[n + 1..].to_vec()),
+                "after {} removals",
+                n + 1
+            );
+        }
+        assert!(index.namespaces.is_empty());
     }
 
     #[test]
