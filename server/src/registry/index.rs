@@ -2,7 +2,7 @@
 //! costs what the name holds rather than what the registry holds.
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -88,12 +88,10 @@ impl Ord for Entry {
     }
 }
 
-/// namespace -> name -> services in answer order. Names are hashed, not
-/// sorted: a registration finds its name with one probe instead of a walk
-/// down a tree, and only an answer across all names sorts them.
+/// namespace -> name -> services in answer order.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    namespaces: HashMap<Arc<str>, HashMap<String, Entries>>,
+    namespaces: HashMap<Arc<str>, BTreeMap<String, Entries>>,
 }
 
 /// Past this many services a name's entries move from a sorted vector to a
@@ -223,11 +221,7 @@ impl Index {
         };
         match &selector.pattern.name {
             Some(name) => names.get(name).map(matching).unwrap_or_default(),
-            None => {
-                let mut names: Vec<_> = names.iter().collect();
-                names.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                names.into_iter().flat_map(|(_, e)| matching(e)).collect()
-            }
+            None => names.values().flat_map(matching).collect(),
         }
     }
 }
