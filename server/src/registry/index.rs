@@ -100,8 +100,8 @@ const FEW: usize = 32;
 
 /// One name's services in answer order. Most names have a few replicas: a
 /// sorted vector holds four in 96 bytes where a tree's first node takes
-/// 288, and finds one in as few comparisons. A name with thousands moves to
-/// a tree, so that a registration never shifts them all.
+/// 288, and finds one in as few comparisons. A name that grows past a few
+/// moves to a tree for good, so that a registration never shifts thousands.
 #[derive(Debug)]
 enum Entries {
     Few(Vec<Entry>),
