@@ -288,7 +288,11 @@ impl Registry {
             ));
         }
 
-        if let Some(existing) = state.by_id.get(&new.id) {
+        // An empty id asks for a new one: no need to look it up.
+        let existing = (!new.id.is_empty())
+            .then(|| state.by_id.get(&new.id))
+            .flatten();
+        if let Some(existing) = existing {
             if existing.session_id != session_id {
                 return Err(RegistryError::IdTaken(new.id));
             }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
 use seaport::Service;
 use tokio::time::Instant;
 
@@ -25,23 +26,43 @@ pub(crate) struct Ports {
     freed: VecDeque<(Instant, Arc<str>, u16)>,
 }
 
-/// One host's ports: looked up by port alone, so checking a candidate
-/// port allocates nothing.
+/// One host's ports, each held, quarantined or both (a port registered
+/// explicitly while still quarantined): one map, so checking a candidate
+/// or freeing a port is one lookup, on memory that is mostly not in cache.
 #[derive(Debug, Default)]
 struct Host {
-    /// port -> the registration holding it (the registry's own `Arc`).
-    held: HashMap<u16, Arc<Service>>,
-    /// Quarantined ports; the value counts their entries in `freed`.
-    quarantined: HashMap<u16, usize>,
+    ports: HashMap<u16, Port>,
+}
+
+#[derive(Debug, Default)]
+struct Port {
+    /// The registration holding it (the registry's own `Arc`).
+    holder: Option<Arc<Service>>,
+    /// Its entries in `freed`; quarantined while above zero.
+    quarantined: u32,
 }
 
 impl Host {
     fn is_free(&self, port: u16) -> bool {
-        !self.held.contains_key(&port) && !self.quarantined.contains_key(&port)
+        !self.ports.contains_key(&port)
     }
 
     fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.quarantined.is_empty()
+        self.ports.is_empty()
+    }
+
+    /// Changes `port`'s state if the host has it, and forgets the port once
+    /// it is neither held nor quarantined; false when the host has no such
+    /// port.
+    fn update(&mut self, port: u16, change: impl FnOnce(&mut Port)) -> bool {
+        let Entry::Occupied(mut entry) = self.ports.entry(port) else {
+            return false;
+        };
+        change(entry.get_mut());
+        if entry.get().holder.is_none() && entry.get().quarantined == 0 {
+            entry.remove();
+        }
+        true
     }
 }
 
@@ -57,7 +78,7 @@ impl Ports {
 
     /// The registration holding `port` on `host`, if any.
     pub(crate) fn holder(&self, host: &str, port: u16) -> Option<&Arc<Service>> {
-        self.hosts.get(host)?.held.get(&port)
+        self.hosts.get(host)?.ports.get(&port)?.holder.as_ref()
     }
 
     /// The host's name as this table holds it, for a new service on it to
@@ -78,7 +99,7 @@ impl Ports {
             Some(entry) => entry,
             None => self.hosts.entry(service.host.clone()).or_default(),
         };
-        entry.held.insert(service.port, service.clone());
+        entry.ports.entry(service.port).or_default().holder = Some(service.clone());
     }
 
     /// Releases `port` on `host`; it stays quarantined for a while.
@@ -86,9 +107,12 @@ impl Ports {
         let Some(entry) = self.hosts.get_mut(&**host) else {
             return;
         };
-        entry.held.remove(&port);
-        if !self.quarantine.is_zero() {
-            *entry.quarantined.entry(port).or_default() += 1;
+        let quarantine = !self.quarantine.is_zero();
+        let held = entry.update(port, |p| {
+            p.holder = None;
+            p.quarantined += u32::from(quarantine);
+        });
+        if held && quarantine {
             self.freed.push_back((now, host.clone(), port));
         } else if entry.is_empty() {
             self.hosts.remove(&**host);
@@ -130,12 +154,7 @@ impl Ports {
             let Some(entry) = self.hosts.get_mut(&*host) else {
                 continue;
             };
-            if let Some(n) = entry.quarantined.get_mut(&port) {
-                *n -= 1;
-                if *n == 0 {
-                    entry.quarantined.remove(&port);
-                }
-            }
+            entry.update(port, |p| p.quarantined = p.quarantined.saturating_sub(1));
             if entry.is_empty() {
                 self.hosts.remove(&*host);
             }
@@ -147,7 +166,7 @@ impl Ports {
     pub(crate) fn hosts(&self) -> hashbrown::HashSet<&str> {
         self.hosts
             .iter()
-            .filter(|(_, h)| !h.held.is_empty())
+            .filter(|(_, h)| h.ports.values().any(|p| p.holder.is_some()))
             .map(|(name, _)| &**name)
             .collect()
     }
@@ -193,5 +212,26 @@ mod tests {
         assert_eq!(ports.assign("h", Instant::now()), None, "quarantined");
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(ports.assign("h", Instant::now()), Some(20000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_port_freed_twice_stays_quarantined_until_the_later_free_is_old() {
+        let mut ports = Ports::new(20000..=20000, Duration::from_secs(5));
+        let p = ports.assign("h", Instant::now()).unwrap();
+        ports.hold(&service("h", p));
+        ports.release(&"h".into(), p, Instant::now());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // Registered again explicitly while quarantined, then freed again.
+        ports.hold(&service("h", p));
+        ports.release(&"h".into(), p, Instant::now());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            ports.assign("h", Instant::now()),
+            None,
+            "the second free's quarantine still runs"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(ports.assign("h", Instant::now()), Some(20000));
+        assert!(ports.hosts.get("h").is_none_or(|h| h.is_empty()));
     }
 }
