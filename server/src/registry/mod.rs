@@ -289,9 +289,11 @@ impl Registry {
         }
 
         // An empty id asks for a new one: no need to look it up.
-        let existing = (!new.id.is_empty())
-            .then(|| state.by_id.get(&new.id))
-            .flatten();
+        let existing = if new.id.is_empty() {
+            None
+        } else {
+            state.by_id.get(&new.id)
+        };
         if let Some(existing) = existing {
             if existing.session_id != session_id {
                 return Err(RegistryError::IdTaken(new.id));
@@ -316,26 +318,7 @@ impl Registry {
         }
         let owner = session.owner.clone();
 
-        let port = if port == 0 {
-            state.ports.assign(&host, now).ok_or_else(|| {
-                let (first, last) = state.ports.range();
-                RegistryError::PortsExhausted {
-                    host: host.clone(),
-                    first,
-                    last,
-                }
-            })?
-        } else {
-            if let Some(holder) = state.ports.holder(&host, port) {
-                return Err(RegistryError::PortTaken {
-                    holder_role: holder.role(),
-                    holder_id: holder.id.clone(),
-                    host,
-                    port,
-                });
-            }
-            port
-        };
+        let (host, port) = state.ports.reserve(&host, port, now)?;
         let id = if new.id.is_empty() {
             std::iter::repeat_with(random_id)
                 .find(|id| !state.by_id.contains(id))
@@ -349,7 +332,7 @@ impl Registry {
             id,
             name: role.name,
             version: role.version,
-            host: state.ports.shared_name(&host),
+            host,
             port,
             metadata: new.metadata,
             namespace: state

@@ -11,6 +11,8 @@ use hashbrown::hash_map::Entry;
 use seaport::Service;
 use tokio::time::Instant;
 
+use super::{RegistryError, Result};
+
 /// Random picks tried before scanning the range in order.
 const RANDOM_TRIES: usize = 64;
 
@@ -77,19 +79,9 @@ impl Ports {
     }
 
     /// The registration holding `port` on `host`, if any.
+    #[cfg(test)]
     pub(crate) fn holder(&self, host: &str, port: u16) -> Option<&Arc<Service>> {
         self.hosts.get(host)?.ports.get(&port)?.holder.as_ref()
-    }
-
-    /// The host's name as this table holds it, for a new service on it to
-    /// share instead of copying; the caller holds a port on it next.
-    pub(crate) fn shared_name(&mut self, host: &str) -> Arc<str> {
-        if let Some((name, _)) = self.hosts.get_key_value(host) {
-            return name.clone();
-        }
-        let name: Arc<str> = host.into();
-        self.hosts.insert(name.clone(), Host::default());
-        name
     }
 
     /// Marks the service's port on its host as held by it (or by this
@@ -110,7 +102,9 @@ impl Ports {
         let quarantine = !self.quarantine.is_zero();
         let held = entry.update(port, |p| {
             p.holder = None;
-            p.quarantined += u32::from(quarantine);
+            if quarantine {
+                p.quarantined += 1;
+            }
         });
         if held && quarantine {
             self.freed.push_back((now, host.clone(), port));
@@ -119,12 +113,53 @@ impl Ports {
         }
     }
 
-    /// A random port of the range that is neither held nor quarantined on
-    /// `host`; `None` when there is none.
-    pub(crate) fn assign(&mut self, host: &str, now: Instant) -> Option<u16> {
+    /// A port on `host` for a new registration: `port` unless another
+    /// registration holds it, or for 0 a random one neither held nor
+    /// quarantined. Returns it with the host's name as this table holds it,
+    /// for the service to share; the caller holds the port next.
+    pub(crate) fn reserve(
+        &mut self,
+        host: &str,
+        port: u16,
+        now: Instant,
+    ) -> Result<(Arc<str>, u16)> {
         self.expire_quarantine(now);
-        let entry = self.hosts.get(host);
-        let free = |port: u16| entry.is_none_or(|h| h.is_free(port));
+        let known = self.hosts.get_key_value(host);
+        let ports = known.map(|(_, h)| h);
+        let port = if port == 0 {
+            self.pick(ports)
+                .ok_or_else(|| RegistryError::PortsExhausted {
+                    host: host.to_string(),
+                    first: *self.range.start(),
+                    last: *self.range.end(),
+                })?
+        } else {
+            let holder = ports.and_then(|h| h.ports.get(&port)?.holder.as_ref());
+            if let Some(holder) = holder {
+                return Err(RegistryError::PortTaken {
+                    holder_role: holder.role(),
+                    holder_id: holder.id.clone(),
+                    host: host.to_string(),
+                    port,
+                });
+            }
+            port
+        };
+        let name = match known {
+            Some((name, _)) => name.clone(),
+            None => {
+                let name: Arc<str> = host.into();
+                self.hosts.insert(name.clone(), Host::default());
+                name
+            }
+        };
+        Ok((name, port))
+    }
+
+    /// A random port of the range that is free on `host` (`None`: a host
+    /// with no ports in use); `None` when there is none.
+    fn pick(&self, host: Option<&Host>) -> Option<u16> {
+        let free = |port: u16| host.is_none_or(|h| h.is_free(port));
         let (first, last) = (*self.range.start(), *self.range.end());
         for _ in 0..RANDOM_TRIES {
             let port = fastrand::u16(first..=last);
@@ -138,11 +173,6 @@ impl Ports {
         (0..span)
             .map(|i| first + ((start + i) % span) as u16)
             .find(|&port| free(port))
-    }
-
-    /// The assignable range, for error messages.
-    pub(crate) fn range(&self) -> (u16, u16) {
-        (*self.range.start(), *self.range.end())
     }
 
     fn expire_quarantine(&mut self, now: Instant) {
@@ -178,6 +208,11 @@ mod tests {
     use crate::registry::test_service;
     use std::collections::HashSet;
 
+    /// The port `reserve` assigns on `host` now, if any.
+    fn assign(ports: &mut Ports, host: &str) -> Option<u16> {
+        ports.reserve(host, 0, Instant::now()).ok().map(|(_, p)| p)
+    }
+
     fn service(host: &str, port: u16) -> Arc<Service> {
         test_service(&format!("{host}:{port}"), None, host, port)
     }
@@ -185,17 +220,16 @@ mod tests {
     #[test]
     fn assigns_every_port_of_a_small_range_then_runs_out() {
         let mut ports = Ports::new(20000..=20009, Duration::ZERO);
-        let now = Instant::now();
         let mut seen = HashSet::new();
         for _ in 0..10 {
-            let p = ports.assign("h", now).expect("a port is free");
+            let p = assign(&mut ports, "h").expect("a port is free");
             assert!((20000..=20009).contains(&p));
             ports.hold(&service("h", p));
             assert!(seen.insert(p), "port {p} handed out twice");
         }
-        assert_eq!(ports.assign("h", now), None);
+        assert_eq!(assign(&mut ports, "h"), None);
         assert!(
-            ports.assign("other-host", now).is_some(),
+            assign(&mut ports, "other-host").is_some(),
             "hosts are independent"
         );
         assert_eq!(ports.hosts().len(), 1);
@@ -204,20 +238,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn freed_port_is_quarantined_then_reusable() {
         let mut ports = Ports::new(20000..=20000, Duration::from_secs(5));
-        let p = ports.assign("h", Instant::now()).unwrap();
+        let p = assign(&mut ports, "h").unwrap();
         ports.hold(&service("h", p));
         assert_eq!(ports.holder("h", p).map(|s| s.id.as_str()), Some("h:20000"));
         ports.release(&"h".into(), p, Instant::now());
         assert!(ports.holder("h", p).is_none());
-        assert_eq!(ports.assign("h", Instant::now()), None, "quarantined");
+        assert_eq!(assign(&mut ports, "h"), None, "quarantined");
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(ports.assign("h", Instant::now()), Some(20000));
+        assert_eq!(assign(&mut ports, "h"), Some(20000));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_port_freed_twice_stays_quarantined_until_the_later_free_is_old() {
         let mut ports = Ports::new(20000..=20000, Duration::from_secs(5));
-        let p = ports.assign("h", Instant::now()).unwrap();
+        let p = assign(&mut ports, "h").unwrap();
         ports.hold(&service("h", p));
         ports.release(&"h".into(), p, Instant::now());
         tokio::time::advance(Duration::from_secs(3)).await;
@@ -226,12 +260,12 @@ mod tests {
         ports.release(&"h".into(), p, Instant::now());
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(
-            ports.assign("h", Instant::now()),
+            assign(&mut ports, "h"),
             None,
             "the second free's quarantine still runs"
         );
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(ports.assign("h", Instant::now()), Some(20000));
+        assert_eq!(assign(&mut ports, "h"), Some(20000));
         assert!(ports.hosts.get("h").is_none_or(|h| h.is_empty()));
     }
 }
