@@ -313,6 +313,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             options.port = *port;
             options.host = host.clone();
             options.id = id.clone();
+            let signals = supervise::Signals::new()?;
             let client = connect(&cli).await?;
             let registration = client.register(role, options.clone()).await?;
             eprintln!(
@@ -327,10 +328,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                         *check_interval,
                     )
                 });
-                supervise::hold_existing(&client, role, options, registration, probe).await?;
+                supervise::hold_existing(&client, role, options, registration, probe, signals)
+                    .await?;
                 0
             } else {
-                supervise::run_command(&registration, command, *max_restarts).await?
+                supervise::run_command(&registration, command, *max_restarts, signals).await?
             };
             client.close().await;
             Ok(u8::try_from(code).unwrap_or(1))

@@ -23,14 +23,16 @@ const HEALTHY_RUN: Duration = Duration::from_secs(10);
 /// How long a child has to exit after a forwarded signal.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// SIGINT or SIGTERM, whichever comes first.
-struct Signals {
+/// SIGINT or SIGTERM, whichever comes first. Installed before registering,
+/// so a signal that comes while the registration is made is not fatal but
+/// stops seaportctl the clean way once it is.
+pub(crate) struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> Result<Self, Failure> {
+    pub(crate) fn new() -> Result<Self, Failure> {
         let install =
             |kind| signal(kind).map_err(|e| Failure::other(format!("cannot handle signals: {e}")));
         Ok(Signals {
@@ -74,8 +76,8 @@ pub(crate) async fn run_command(
     registration: &Registration,
     command: &[String],
     max_restarts: Option<u32>,
+    mut signals: Signals,
 ) -> Result<i32, Failure> {
-    let mut signals = Signals::new()?;
     let port = registration.port().to_string();
     let mut restarts = 0;
     let mut backoff = FIRST_BACKOFF;
@@ -125,8 +127,8 @@ pub(crate) async fn hold_existing(
     options: RegisterOptions,
     registration: Registration,
     check: Option<(String, Duration)>,
+    mut signals: Signals,
 ) -> Result<(), Failure> {
-    let mut signals = Signals::new()?;
     let Some((host, interval)) = check else {
         signals.recv().await;
         return Ok(());
