@@ -1,7 +1,10 @@
-//! Answers as the load generator reads them: only the fields it checks.
-//! It shares the machine's cores with the server, so every microsecond it
-//! spends decoding services it never looks at is taken from the server
-//! being measured; prost skips the fields these messages leave out.
+//! Requests and answers as the load generator sends and reads them. It
+//! shares the machine's cores with the server, so every microsecond it
+//! spends on its own side is taken from the server being measured: it
+//! reads answers only as far as the fields it checks (prost skips the
+//! rest), and it builds its register and free requests from shared bytes,
+//! not from strings copied for every call (a string field and a bytes
+//! field are the same on the wire).
 
 use prost::bytes::Bytes;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -17,6 +20,30 @@ pub(crate) struct Matches {
     pub(crate) services: Vec<Bytes>,
 }
 
+/// `RegisterRequest` as the bench sends it: its strings shared, not copied.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Register {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub(crate) session_id: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub(crate) role: Bytes,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub(crate) host: Bytes,
+}
+
+/// `FreeRequest` as the bench sends it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Free {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub(crate) session_id: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub(crate) id: Bytes,
+}
+
+/// An answer whose content the bench does not read (prost skips it all).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Unread {}
+
 /// `RegisterResponse` read as far as the new registration's id.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct Registered {
@@ -27,8 +54,8 @@ pub(crate) struct Registered {
 /// `Service` read as far as its id.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct Id {
-    #[prost(string, tag = "1")]
-    pub(crate) id: String,
+    #[prost(bytes = "bytes", tag = "1")]
+    pub(crate) id: Bytes,
 }
 
 /// A `seaport.v1.Registry` client that decodes answers as the types above.
@@ -62,12 +89,14 @@ impl Light {
     }
 
     /// The new registration's id.
-    pub(crate) async fn register(&mut self, request: pb::RegisterRequest) -> String {
+    pub(crate) async fn register(&mut self, request: Register) -> Bytes {
         let answer: Registered = self.call("/seaport.v1.Registry/Register", request).await;
-        answer.service.expect("Register answers its service").id
+        let id = answer.service.expect("Register answers its service").id;
+        assert!(!id.is_empty(), "Register answers the registration's id");
+        id
     }
 
-    pub(crate) async fn free(&mut self, request: pb::FreeRequest) {
-        let _: Registered = self.call("/seaport.v1.Registry/Free", request).await;
+    pub(crate) async fn free(&mut self, request: Free) {
+        let _: Unread = self.call("/seaport.v1.Registry/Free", request).await;
     }
 }

@@ -44,7 +44,8 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     query_concurrency: usize,
     /// Registry sizes for query, in increasing order; memory is read at the largest.
-    #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
+    /// Given with no sizes, the query and memory rows are left out.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000,100000,1000000")]
     sizes: Vec<usize>,
     /// Rounds of the get wake-up scenario.
     #[arg(long, default_value_t = 200)]
@@ -285,7 +286,8 @@ async fn main() {
             String::new(),
         ));
     }
-    if let (Some(before), Some(after)) = (rss_before, server.pid().and_then(server::rss)) {
+    let rss_after = server.pid().and_then(server::rss).filter(|_| filled > 0);
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
         let per = after.saturating_sub(before) as f64 / filled.max(1) as f64;
         rows.push(Row {
             scenario: format!("memory, {filled} registrations"),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prost::bytes::Bytes;
 use seaport::pb::{
     self, heartbeat_request::Kind as In, registry_client::RegistryClient, watch_event::Kind,
 };
@@ -12,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::answers::Light;
+use crate::answers::{Free, Light, Register};
 use crate::stats::Sample;
 
 /// Opens `n` connections to the server.
@@ -169,15 +170,18 @@ pub(crate) async fn register(
     slice: u32,
 ) -> Sample {
     closed_loop(channels, sessions.len(), move |w, channel| {
-        let session = sessions[w].clone();
+        let session = Bytes::from(sessions[w].clone());
         async move {
             let mut client = Light::new(channel);
             let mut sample = Sample::default();
             let end = Instant::now() + duration;
-            // Formatted once: the bench's own work takes from the cores
-            // the server shares.
-            let role = format!("bench-{w}@1.0.0");
-            let mut host = String::new();
+            // Made once and shared by every request: the bench's own work
+            // takes from the cores the server shares.
+            let mut register = Register {
+                session_id: session.clone(),
+                role: Bytes::from(format!("bench-{w}@1.0.0")),
+                host: Bytes::new(),
+            };
             let mut n = 0;
             while Instant::now() < end {
                 let t = Instant::now();
@@ -186,19 +190,13 @@ pub(crate) async fn register(
                 // and a new one every 20k registrations, well within a
                 // host's assignable ports.
                 if n % 20_000 == 0 {
-                    host = format!("bench-{w}-{slice}-{}", n / 20_000);
+                    register.host = Bytes::from(format!("bench-{w}-{slice}-{}", n / 20_000));
                 }
-                let request = pb::RegisterRequest {
-                    session_id: session.clone(),
-                    role: role.clone(),
-                    host: host.clone(),
-                    ..Default::default()
-                };
-                let id = client.register(request).await;
+                let id = client.register(register.clone()).await;
                 sample.record(t);
                 if !keep {
                     let t = Instant::now();
-                    let free = pb::FreeRequest {
+                    let free = Free {
                         session_id: session.clone(),
                         id,
                     };

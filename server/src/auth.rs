@@ -128,6 +128,16 @@ impl Auth {
             .clone()
     }
 
+    /// True when the policy in force lets `identity` register `name`.
+    /// Reads the policy in place: a Register does not count a reference
+    /// on it, a line both cores would write.
+    pub fn may_register(&self, identity: &str, name: &str) -> bool {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .may_register(identity, name)
+    }
+
     /// The caller of `request`. Under mTLS a write (`write`) without a
     /// verified certificate, or a read when reads need one, is refused.
     pub fn caller<T>(&self, request: &Request<T>, rpc: &str, write: bool) -> Result<Actor, Status> {

@@ -157,7 +157,7 @@ impl RegistryApi for RegistryService {
             .role
             .parse()
             .map_err(|e| reject("Register", RegistryError::Role(e)))?;
-        if !self.auth.policy().may_register(&actor.identity, &role.name) {
+        if !self.auth.may_register(&actor.identity, &role.name) {
             tracing::info!(identity = %actor.identity, name = %role.name, "rejected: not allowed by policy");
             return Err(Status::permission_denied(format!(
                 "identity {:?} may not register {:?}; the server's --policy allows it other names only",

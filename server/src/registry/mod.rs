@@ -132,8 +132,15 @@ fn first_revision() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// 128 random bits as 32 lowercase hex digits, written directly: the
+/// formatting machinery cost more than the rest of making an id.
 fn random_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = fastrand::u128(..);
+    (0..32)
+        .rev()
+        .map(|i| char::from(HEX[(n >> (4 * i)) as usize & 0xf]))
+        .collect()
 }
 
 impl Registry {

@@ -170,3 +170,25 @@ async fn every_table_holds_the_updated_record_and_a_close_empties_them() {
         "held only by the test and the history's Updated and Freed changes"
     );
 }
+
+#[test]
+fn generated_ids_are_128_random_bits_in_lowercase_hex() {
+    let ids: Vec<String> = (0..64).map(|_| random_id()).collect();
+    for id in &ids {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{id}"
+        );
+        // The digits are the number they spell: parsing gives them back.
+        let n = u128::from_str_radix(id, 16).unwrap();
+        assert_eq!(format!("{n:032x}"), *id);
+    }
+    // Every digit position varies: no nibble of the 128 bits is lost.
+    for at in 0..32 {
+        let digits: std::collections::HashSet<u8> =
+            ids.iter().map(|id| id.as_bytes()[at]).collect();
+        assert!(digits.len() > 1, "digit {at} never changes");
+    }
+}
