@@ -81,6 +81,10 @@ struct Row {
     /// Server CPU per operation, and per health check, in microseconds.
     cpu_us: Option<f64>,
     baseline_cpu_us: Option<f64>,
+    /// The bench's own CPU per operation, and per health check: the load
+    /// generator shares the cores, so what it spends the server lacks.
+    bench_us: Option<f64>,
+    baseline_bench_us: Option<f64>,
     note: String,
 }
 
@@ -93,8 +97,10 @@ impl Row {
             p99_us: s.quantile(0.99),
             baseline_rate: baseline.as_ref().map(Sample::rate),
             baseline_p99_us: baseline.as_mut().map(|b| b.quantile(0.99)),
-            cpu_us: s.cpu_per_op_us(),
-            baseline_cpu_us: baseline.as_ref().and_then(Sample::cpu_per_op_us),
+            cpu_us: s.per_op_us(s.server_cpu),
+            baseline_cpu_us: baseline.as_ref().and_then(|b| b.per_op_us(b.server_cpu)),
+            bench_us: s.per_op_us(s.bench_cpu),
+            baseline_bench_us: baseline.as_ref().and_then(|b| b.per_op_us(b.bench_cpu)),
             note,
         }
     }
@@ -104,6 +110,7 @@ impl Row {
             "scenario": self.scenario, "rate_per_s": self.rate, "p50_us": self.p50_us, "p99_us": self.p99_us,
             "health_rate_per_s": self.baseline_rate, "health_p99_us": self.baseline_p99_us,
             "server_cpu_us_per_op": self.cpu_us, "server_cpu_us_per_health_check": self.baseline_cpu_us,
+            "bench_cpu_us_per_op": self.bench_us, "bench_cpu_us_per_health_check": self.baseline_bench_us,
             "rate_vs_health": self.rate.zip(self.baseline_rate).map(|(r, b)| r / b), "note": self.note,
         })
     }
@@ -111,8 +118,17 @@ impl Row {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<44} {:>11} {:>9} {:>9} {:>11} {:>7} {:>8} {:>8}  note",
-        "scenario", "rate/s", "p50 us", "p99 us", "health/s", "ratio", "cpu us", "hc us"
+        "{:<44} {:>11} {:>9} {:>9} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8}  note",
+        "scenario",
+        "rate/s",
+        "p50 us",
+        "p99 us",
+        "health/s",
+        "ratio",
+        "cpu us",
+        "hc us",
+        "bench us",
+        "hc bench"
     );
     for r in rows {
         let rate = r.rate.map_or("-".into(), |v| format!("{v:.0}"));
@@ -123,7 +139,7 @@ fn print_table(rows: &[Row]) {
             .map_or("-".into(), |(a, b)| format!("{:.2}", a / b));
         let cpu = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
         println!(
-            "{:<44} {:>11} {:>9} {:>9} {:>11} {:>7} {:>8} {:>8}  {}",
+            "{:<44} {:>11} {:>9} {:>9} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8}  {}",
             r.scenario,
             rate,
             r.p50_us,
@@ -132,18 +148,24 @@ fn print_table(rows: &[Row]) {
             ratio,
             cpu(r.cpu_us),
             cpu(r.baseline_cpu_us),
+            cpu(r.bench_us),
+            cpu(r.baseline_bench_us),
             r.note
         );
     }
 }
 
-/// Runs a scenario and notes the server's CPU time over it, when the
-/// server is our child.
+/// Runs a scenario and notes the CPU time the bench itself used over it,
+/// and the server's when the server is our child.
 async fn with_cpu(pid: Option<u32>, scenario: impl Future<Output = Sample>) -> Sample {
-    let before = pid.and_then(server::cpu_time);
+    let cpu = |pid: Option<u32>| pid.and_then(server::cpu_time);
+    let me = Some(std::process::id());
+    let before = (cpu(pid), cpu(me));
     let mut sample = scenario.await;
-    let after = pid.and_then(server::cpu_time);
-    sample.server_cpu = before.zip(after).map(|(a, b)| b.saturating_sub(a));
+    let spent =
+        |a: Option<Duration>, b: Option<Duration>| a.zip(b).map(|(a, b)| b.saturating_sub(a));
+    sample.server_cpu = spent(before.0, cpu(pid));
+    sample.bench_cpu = spent(before.1, cpu(me));
     sample
 }
 
@@ -298,6 +320,8 @@ async fn main() {
             baseline_p99_us: None,
             cpu_us: None,
             baseline_cpu_us: None,
+            bench_us: None,
+            baseline_bench_us: None,
             note: format!(
                 "RSS {:.0} MiB, {per:.0} bytes/registration",
                 after as f64 / 1048576.0
@@ -374,6 +398,8 @@ async fn main() {
                 baseline_p99_us: None,
                 cpu_us: None,
                 baseline_cpu_us: None,
+                bench_us: None,
+                baseline_bench_us: None,
                 note: format!(
                     "server CPU {share:.2}% of one core (a ping each every {:.1}s)",
                     interval.as_secs_f64()

@@ -94,46 +94,59 @@ impl Session {
     }
 }
 
-/// Runs `workers` copies of `op` (each bounded in time) over the channels
-/// and gathers their latencies.
-async fn closed_loop<F, Fut>(channels: &[Channel], workers: usize, op: F) -> Sample
+/// Runs `workers` copies of `op` over the channels, each until the same
+/// end, and gathers their latencies. The rate counts what completed by
+/// that end over the time to it: each worker's last operation runs past
+/// the end by up to its own latency, and timing to the last worker's
+/// finish would charge that tail to the rate, twice as much for a
+/// register+free pair as for a health check.
+async fn closed_loop<F, Fut>(
+    channels: &[Channel],
+    workers: usize,
+    duration: Duration,
+    op: F,
+) -> Sample
 where
-    F: Fn(usize, Channel) -> Fut + Send + Sync + 'static,
+    F: Fn(usize, Channel, Instant) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Sample> + Send,
 {
     let op = Arc::new(op);
-    let started = Instant::now();
+    let end = Instant::now() + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..workers {
         let (op, channel) = (op.clone(), channels[w % channels.len()].clone());
-        tasks.spawn(async move { op(w, channel).await });
+        tasks.spawn(async move { op(w, channel, end).await });
     }
     let mut total = Sample::default();
     while let Some(sample) = tasks.join_next().await {
         total.merge(sample.unwrap());
     }
-    total.elapsed = started.elapsed();
+    total.elapsed = duration;
     total
 }
 
 /// grpc.health.v1 Check: the RPC stack's own limit on this machine.
 pub(crate) async fn health(channels: &[Channel], workers: usize, duration: Duration) -> Sample {
-    closed_loop(channels, workers, move |_, channel| async move {
-        let mut client = HealthClient::new(channel);
-        let mut sample = Sample::default();
-        let end = Instant::now() + duration;
-        while Instant::now() < end {
-            let t = Instant::now();
-            client
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .unwrap();
-            sample.record(t);
-        }
-        sample
-    })
+    closed_loop(
+        channels,
+        workers,
+        duration,
+        move |_, channel, end| async move {
+            let mut client = HealthClient::new(channel);
+            let mut sample = Sample::default();
+            while Instant::now() < end {
+                let t = Instant::now();
+                client
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .unwrap();
+                sample.record(t, end);
+            }
+            sample
+        },
+    )
     .await
 }
 
@@ -169,45 +182,49 @@ pub(crate) async fn register(
     keep: bool,
     slice: u32,
 ) -> Sample {
-    closed_loop(channels, sessions.len(), move |w, channel| {
-        let session = Bytes::from(sessions[w].clone());
-        async move {
-            let mut client = Light::new(channel);
-            let mut sample = Sample::default();
-            let end = Instant::now() + duration;
-            // Made once and shared by every request: the bench's own work
-            // takes from the cores the server shares.
-            let mut register = Register {
-                session_id: session.clone(),
-                role: Bytes::from(format!("bench-{w}@1.0.0")),
-                host: Bytes::new(),
-            };
-            let mut n = 0;
-            while Instant::now() < end {
-                let t = Instant::now();
-                // A host per worker, as sessions on different machines
-                // would have (a freed port stays quarantined on its host),
-                // and a new one every 20k registrations, well within a
-                // host's assignable ports.
-                if n % 20_000 == 0 {
-                    register.host = Bytes::from(format!("bench-{w}-{slice}-{}", n / 20_000));
-                }
-                let id = client.register(register.clone()).await;
-                sample.record(t);
-                if !keep {
+    closed_loop(
+        channels,
+        sessions.len(),
+        duration,
+        move |w, channel, end| {
+            let session = Bytes::from(sessions[w].clone());
+            async move {
+                let mut client = Light::new(channel);
+                let mut sample = Sample::default();
+                // Made once and shared by every request: the bench's own work
+                // takes from the cores the server shares.
+                let mut register = Register {
+                    session_id: session.clone(),
+                    role: Bytes::from(format!("bench-{w}@1.0.0")),
+                    host: Bytes::new(),
+                };
+                let mut n = 0;
+                while Instant::now() < end {
                     let t = Instant::now();
-                    let free = Free {
-                        session_id: session.clone(),
-                        id,
-                    };
-                    client.free(free).await;
-                    sample.record(t);
+                    // A host per worker, as sessions on different machines
+                    // would have (a freed port stays quarantined on its host),
+                    // and a new one every 20k registrations, well within a
+                    // host's assignable ports.
+                    if n % 20_000 == 0 {
+                        register.host = Bytes::from(format!("bench-{w}-{slice}-{}", n / 20_000));
+                    }
+                    let id = client.register(register.clone()).await;
+                    sample.record(t, end);
+                    if !keep {
+                        let t = Instant::now();
+                        let free = Free {
+                            session_id: session.clone(),
+                            id,
+                        };
+                        client.free(free).await;
+                        sample.record(t, end);
+                    }
+                    n += 1;
                 }
-                n += 1;
+                sample
             }
-            sample
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -257,23 +274,27 @@ pub(crate) async fn query(
     pattern: &'static str,
     expect: usize,
 ) -> Sample {
-    closed_loop(channels, workers, move |_, channel| async move {
-        let mut client = Light::new(channel);
-        let mut sample = Sample::default();
-        let end = Instant::now() + duration;
-        while Instant::now() < end {
-            let t = Instant::now();
-            let matches = client
-                .query(pb::QueryRequest {
-                    pattern: pattern.into(),
-                    ..Default::default()
-                })
-                .await;
-            sample.record(t);
-            assert_eq!(matches.services.len(), expect, "{pattern} matched");
-        }
-        sample
-    })
+    closed_loop(
+        channels,
+        workers,
+        duration,
+        move |_, channel, end| async move {
+            let mut client = Light::new(channel);
+            let mut sample = Sample::default();
+            while Instant::now() < end {
+                let t = Instant::now();
+                let matches = client
+                    .query(pb::QueryRequest {
+                        pattern: pattern.into(),
+                        ..Default::default()
+                    })
+                    .await;
+                sample.record(t, end);
+                assert_eq!(matches.services.len(), expect, "{pattern} matched");
+            }
+            sample
+        },
+    )
     .await
 }
 

@@ -77,3 +77,37 @@ impl Sessions {
         self.expiries.first().map(|(at, _)| *at)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(ttl: Duration, now: Instant) -> Session {
+        Session {
+            ttl,
+            deadline: Some(now + ttl),
+            observed_host: "h".into(),
+            owner: "".into(),
+            services: Default::default(),
+        }
+    }
+
+    #[test]
+    fn only_sessions_not_refreshed_within_their_ttl_come_due() {
+        let now = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let (quiet, pinged): (Arc<str>, Arc<str>) = ("quiet".into(), "pinged".into());
+        let mut sessions = Sessions::default();
+        sessions.insert(quiet.clone(), session(ttl, now));
+        sessions.insert(pinged.clone(), session(ttl, now));
+        sessions.touch(&pinged, now + Duration::from_secs(5));
+        assert_eq!(sessions.due(now + ttl), [quiet]);
+        assert_eq!(
+            sessions.next_deadline(),
+            Some(now + Duration::from_secs(15)),
+            "the pinged session is queued again at its new deadline"
+        );
+        assert!(sessions.due(now + ttl).is_empty());
+        assert_eq!(sessions.due(now + Duration::from_secs(15)), [pinged]);
+    }
+}
