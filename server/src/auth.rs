@@ -128,6 +128,12 @@ impl Auth {
             .clone()
     }
 
+    /// True when the policy in force says who may register which names.
+    pub fn limits_names(&self) -> bool {
+        let policy = self.policy.read().unwrap_or_else(|e| e.into_inner());
+        policy.rules.is_some()
+    }
+
     /// True when the policy in force lets `identity` register `name`.
     /// Reads the policy in place: a Register does not count a reference
     /// on it, a line both cores would write.

@@ -344,7 +344,7 @@ impl Registry {
             metadata: new.metadata,
             namespace: state
                 .index
-                .namespace(&namespace)
+                .namespace(namespace)
                 .unwrap_or_else(|| namespace.into()),
             owner,
             session_id,
@@ -612,12 +612,12 @@ fn authorize<'a>(
 }
 
 /// The namespace to use: the given one, checked, or the default.
-pub fn namespace_or_default(namespace: &str) -> Result<String> {
+pub fn namespace_or_default(namespace: &str) -> Result<&str> {
     if namespace.is_empty() {
-        return Ok(DEFAULT_NAMESPACE.to_string());
+        return Ok(DEFAULT_NAMESPACE);
     }
     validate_name("namespace", namespace)?;
-    Ok(namespace.to_string())
+    Ok(namespace)
 }
 
 fn check_host(host: &str) -> Result<()> {
