@@ -55,6 +55,19 @@ struct State {
     sessions: Sessions,
     /// The last `limits.history` changes, for watches resuming by revision.
     history: VecDeque<Arc<Change>>,
+    /// Changes pushed out of `history` under the lock, dropped by [`unlock`]
+    /// after it is released.
+    evicted: Vec<Arc<Change>>,
+}
+
+/// Releases the lock, then drops the changes the history evicted under
+/// it: an evicted change and the service it may be the last to hold were
+/// made long ago and are no longer in the cache, the slowest frees of a
+/// registration, and the other core may be waiting for the lock.
+fn unlock(mut state: MutexGuard<'_, State>) {
+    let evicted = std::mem::take(&mut state.evicted);
+    drop(state);
+    drop(evicted);
 }
 
 /// What a session open or resume granted.
@@ -155,6 +168,7 @@ impl Registry {
             ports: Ports::new(limits.port_range.clone(), limits.port_quarantine),
             sessions: Sessions::default(),
             history: VecDeque::new(),
+            evicted: Vec::new(),
         };
         let registry = Registry {
             shared: Arc::new(Shared {
@@ -257,6 +271,7 @@ impl Registry {
         for service in session.services.into_services() {
             self.remove_locked(&mut state, &service.id);
         }
+        unlock(state);
         Ok(freed)
     }
 
@@ -280,8 +295,8 @@ impl Registry {
         }
 
         let now = Instant::now();
-        let mut state = self.lock();
-        let state = &mut *state;
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let (session_id, session) = session_of(state, &new.session_id, actor)?;
         let session_id = session_id.clone();
         let host = if new.host.is_empty() {
@@ -353,6 +368,7 @@ impl Registry {
         });
         place(state, &service);
         self.publish(state, ChangeKind::Registered, service.clone(), None);
+        unlock(guard);
         Ok(service)
     }
 
@@ -364,8 +380,8 @@ impl Registry {
         change: MetadataChange,
         actor: &Actor,
     ) -> Result<Arc<Service>> {
-        let mut state = self.lock();
-        let state = &mut *state;
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let previous = authorize(state, session_id, id, actor, false)?.clone();
         let mut metadata = if change.merge {
             previous.metadata.clone()
@@ -386,6 +402,7 @@ impl Registry {
         });
         place(state, &service);
         self.publish(state, ChangeKind::Updated, service.clone(), Some(previous));
+        unlock(guard);
         Ok(service)
     }
 
@@ -396,7 +413,9 @@ impl Registry {
         if let Some(session) = state.sessions.open.get_mut(&*service.session_id) {
             session.services.remove(id);
         }
-        Ok(self.remove_locked(&mut state, id).expect("checked above"))
+        let freed = self.remove_locked(&mut state, id).expect("checked above");
+        unlock(state);
+        Ok(freed)
     }
 
     /// The services matching `selector` now, and the revision they reflect.
@@ -529,7 +548,7 @@ impl Registry {
             previous,
         });
         if state.history.len() >= self.shared.limits.history {
-            state.history.pop_front();
+            state.evicted.extend(state.history.pop_front());
         }
         if self.shared.limits.history > 0 {
             state.history.push_back(change.clone());
@@ -549,7 +568,9 @@ impl Registry {
                 }
             }
         }
-        state.sessions.next_deadline()
+        let next = state.sessions.next_deadline();
+        unlock(state);
+        next
     }
 }
 
