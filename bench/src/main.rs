@@ -281,32 +281,21 @@ async fn main() {
         );
         filled = size;
         let c = args.query_concurrency;
-        let (baseline, hit) = side_by_side(
-            pid,
-            d,
-            |t| scenarios::health(&channels, c, t),
-            |t| scenarios::query(&channels, c, t, "svc-42@1.x", 4),
-        )
-        .await;
-        rows.push(Row::from(
-            format!("query hit (4 of {size})"),
-            hit,
-            Some(baseline),
-            String::new(),
-        ));
-        let (baseline, miss) = side_by_side(
-            pid,
-            d,
-            |t| scenarios::health(&channels, c, t),
-            |t| scenarios::query(&channels, c, t, "nosuch@1.x", 0),
-        )
-        .await;
-        rows.push(Row::from(
-            format!("query miss (0 of {size})"),
-            miss,
-            Some(baseline),
-            String::new(),
-        ));
+        for (kind, pattern, expect) in [("hit", "svc-42@1.x", 4), ("miss", "nosuch@1.x", 0)] {
+            let (baseline, sample) = side_by_side(
+                pid,
+                d,
+                |t| scenarios::health(&channels, c, t),
+                |t| scenarios::query(&channels, c, t, pattern, expect),
+            )
+            .await;
+            rows.push(Row::from(
+                format!("query {kind} ({expect} of {size})"),
+                sample,
+                Some(baseline),
+                String::new(),
+            ));
+        }
     }
     let rss_after = server.pid().and_then(server::rss).filter(|_| filled > 0);
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
