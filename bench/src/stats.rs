@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct Sample {
     /// Operation latencies, in microseconds.
     latencies: Vec<u32>,
-    /// Wall time over which the operations ran.
+    /// Wall time over which the operations ran: a closed loop's own
+    /// duration, up to its end.
     pub(crate) elapsed: Duration,
     /// Operations that completed after `elapsed` was up: timed for their
     /// latency, but not counted in the rate.
@@ -39,7 +40,7 @@ impl Sample {
     }
 
     /// Adds a later slice of the same scenario: its operations, wall time
-    /// and server CPU.
+    /// and CPU times.
     pub(crate) fn append(&mut self, other: Sample) {
         let add = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
             (Some(a), Some(b)) => Some(a + b),

@@ -11,6 +11,7 @@ mod sessions;
 mod watch;
 
 use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -55,19 +56,40 @@ struct State {
     sessions: Sessions,
     /// The last `limits.history` changes, for watches resuming by revision.
     history: VecDeque<Arc<Change>>,
-    /// Changes pushed out of `history` under the lock, dropped by [`unlock`]
-    /// after it is released.
+    /// Changes pushed out of `history` under the lock, dropped by
+    /// [`Locked`] after it is released.
     evicted: Vec<Arc<Change>>,
 }
 
-/// Releases the lock, then drops the changes the history evicted under
-/// it: an evicted change and the service it may be the last to hold were
-/// made long ago and are no longer in the cache, the slowest frees of a
-/// registration, and the other core may be waiting for the lock.
-fn unlock(mut state: MutexGuard<'_, State>) {
-    let evicted = std::mem::take(&mut state.evicted);
-    drop(state);
-    drop(evicted);
+/// The locked state. Dropping it releases the lock, then drops the changes
+/// the history evicted meanwhile: an evicted change and the service it may
+/// be the last to hold were made long ago and are no longer in the cache,
+/// the slowest frees of a registration, and the other core may be waiting
+/// for the lock.
+struct Locked<'a>(Option<MutexGuard<'a, State>>);
+
+impl Deref for Locked<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.0.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if let Some(mut state) = self.0.take() {
+            let evicted = std::mem::take(&mut state.evicted);
+            drop(state);
+            drop(evicted);
+        }
+    }
 }
 
 /// What a session open or resume granted.
@@ -183,10 +205,12 @@ impl Registry {
         (registry.clone(), ReaperGuard(registry))
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock would be a bug; the state it
         // guards is still consistent map by map, so keep serving.
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+        Locked(Some(
+            self.shared.state.lock().unwrap_or_else(|e| e.into_inner()),
+        ))
     }
 
     /// Opens a session with the requested ttl (`None`: the default),
@@ -271,7 +295,6 @@ impl Registry {
         for service in session.services.into_services() {
             self.remove_locked(&mut state, &service.id);
         }
-        unlock(state);
         Ok(freed)
     }
 
@@ -295,8 +318,8 @@ impl Registry {
         }
 
         let now = Instant::now();
-        let mut guard = self.lock();
-        let state = &mut *guard;
+        let mut state = self.lock();
+        let state = &mut *state;
         let (session_id, session) = session_of(state, &new.session_id, actor)?;
         let session_id = session_id.clone();
         let host = if new.host.is_empty() {
@@ -368,7 +391,6 @@ impl Registry {
         });
         place(state, &service);
         self.publish(state, ChangeKind::Registered, service.clone(), None);
-        unlock(guard);
         Ok(service)
     }
 
@@ -380,8 +402,8 @@ impl Registry {
         change: MetadataChange,
         actor: &Actor,
     ) -> Result<Arc<Service>> {
-        let mut guard = self.lock();
-        let state = &mut *guard;
+        let mut state = self.lock();
+        let state = &mut *state;
         let previous = authorize(state, session_id, id, actor, false)?.clone();
         let mut metadata = if change.merge {
             previous.metadata.clone()
@@ -402,7 +424,6 @@ impl Registry {
         });
         place(state, &service);
         self.publish(state, ChangeKind::Updated, service.clone(), Some(previous));
-        unlock(guard);
         Ok(service)
     }
 
@@ -413,9 +434,7 @@ impl Registry {
         if let Some(session) = state.sessions.open.get_mut(&*service.session_id) {
             session.services.remove(id);
         }
-        let freed = self.remove_locked(&mut state, id).expect("checked above");
-        unlock(state);
-        Ok(freed)
+        Ok(self.remove_locked(&mut state, id).expect("checked above"))
     }
 
     /// The services matching `selector` now, and the revision they reflect.
@@ -568,9 +587,7 @@ impl Registry {
                 }
             }
         }
-        let next = state.sessions.next_deadline();
-        unlock(state);
-        next
+        state.sessions.next_deadline()
     }
 }
 
