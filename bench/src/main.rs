@@ -105,6 +105,23 @@ impl Row {
         }
     }
 
+    /// A row that holds a figure no rate or latency column fits: its note.
+    fn note(scenario: String, note: String) -> Row {
+        Row {
+            scenario,
+            rate: None,
+            p50_us: 0,
+            p99_us: 0,
+            baseline_rate: None,
+            baseline_p99_us: None,
+            cpu_us: None,
+            baseline_cpu_us: None,
+            bench_us: None,
+            baseline_bench_us: None,
+            note,
+        }
+    }
+
     fn json(&self) -> Value {
         json!({
             "scenario": self.scenario, "rate_per_s": self.rate, "p50_us": self.p50_us, "p99_us": self.p99_us,
@@ -300,22 +317,13 @@ async fn main() {
     let rss_after = server.pid().and_then(server::rss).filter(|_| filled > 0);
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         let per = after.saturating_sub(before) as f64 / filled.max(1) as f64;
-        rows.push(Row {
-            scenario: format!("memory, {filled} registrations"),
-            rate: None,
-            p50_us: 0,
-            p99_us: 0,
-            baseline_rate: None,
-            baseline_p99_us: None,
-            cpu_us: None,
-            baseline_cpu_us: None,
-            bench_us: None,
-            baseline_bench_us: None,
-            note: format!(
+        rows.push(Row::note(
+            format!("memory, {filled} registrations"),
+            format!(
                 "RSS {:.0} MiB, {per:.0} bytes/registration",
                 after as f64 / 1048576.0
             ),
-        });
+        ));
     }
     drop(writers);
 
@@ -378,22 +386,13 @@ async fn main() {
         pinger.abort();
         if let (Some(a), Some(b)) = (cpu0, cpu1) {
             let share = (b - a).as_secs_f64() / wall.as_secs_f64() * 100.0;
-            rows.push(Row {
-                scenario: format!("{} idle sessions heartbeating", args.idle_sessions),
-                rate: None,
-                p50_us: 0,
-                p99_us: 0,
-                baseline_rate: None,
-                baseline_p99_us: None,
-                cpu_us: None,
-                baseline_cpu_us: None,
-                bench_us: None,
-                baseline_bench_us: None,
-                note: format!(
+            rows.push(Row::note(
+                format!("{} idle sessions heartbeating", args.idle_sessions),
+                format!(
                     "server CPU {share:.2}% of one core (a ping each every {:.1}s)",
                     interval.as_secs_f64()
                 ),
-            });
+            ));
         }
     }
 
