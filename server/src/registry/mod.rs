@@ -285,6 +285,7 @@ impl Registry {
 
     /// Ends a session and frees its registrations; returns how many.
     pub fn close_session(&self, id: &str) -> Result<usize> {
+        let now = Instant::now();
         let mut state = self.lock();
         let session = state
             .sessions
@@ -293,7 +294,7 @@ impl Registry {
             .ok_or_else(|| RegistryError::UnknownSession(id.to_string()))?;
         let freed = session.services.len();
         for service in session.services.into_services() {
-            self.remove_locked(&mut state, &service.id);
+            self.remove_locked(&mut state, &service.id, now);
         }
         Ok(freed)
     }
@@ -318,6 +319,9 @@ impl Registry {
         }
 
         let now = Instant::now();
+        // Made before the lock: the other core may be waiting for it. A
+        // clash with a registered id (one in 2^128) makes another under it.
+        let generated = new.id.is_empty().then(random_id);
         let mut state = self.lock();
         let state = &mut *state;
         let (session_id, session) = session_of(state, &new.session_id, actor)?;
@@ -364,12 +368,12 @@ impl Registry {
         let owner = session.owner.clone();
 
         let (host, port) = state.ports.reserve(&host, port, now)?;
-        let id = if new.id.is_empty() {
-            std::iter::repeat_with(random_id)
+        let id = match generated {
+            Some(first) => std::iter::once(first)
+                .chain(std::iter::repeat_with(random_id))
                 .find(|id| !state.by_id.contains(id))
-                .expect("ids are endless")
-        } else {
-            new.id
+                .expect("ids are endless"),
+            None => new.id,
         };
 
         let revision = state.revision + 1;
@@ -429,12 +433,17 @@ impl Registry {
 
     /// Frees a registration; only its owner, or an admin, may.
     pub fn free(&self, session_id: &str, id: &str, actor: &Actor) -> Result<Arc<Service>> {
+        // Read before the lock, as Register's is: the other core may be
+        // waiting for it.
+        let now = Instant::now();
         let mut state = self.lock();
         let service = authorize(&state, session_id, id, actor, true)?.clone();
         if let Some(session) = state.sessions.open.get_mut(&*service.session_id) {
             session.services.remove(id);
         }
-        Ok(self.remove_locked(&mut state, id).expect("checked above"))
+        Ok(self
+            .remove_locked(&mut state, id, now)
+            .expect("checked above"))
     }
 
     /// The services matching `selector` now, and the revision they reflect.
@@ -542,12 +551,10 @@ impl Registry {
 
     /// Removes a service from every table and publishes the free. The
     /// caller has removed it from its session's set (or dropped the session).
-    fn remove_locked(&self, state: &mut State, id: &str) -> Option<Arc<Service>> {
+    fn remove_locked(&self, state: &mut State, id: &str, now: Instant) -> Option<Arc<Service>> {
         let service = state.by_id.remove(id)?;
         state.index.remove(&service);
-        state
-            .ports
-            .release(&service.host, service.port, Instant::now());
+        state.ports.release(&service.host, service.port, now);
         self.publish(state, ChangeKind::Freed, service.clone(), None);
         Some(service)
     }
@@ -578,12 +585,13 @@ impl Registry {
 
     /// Expires the sessions whose ttl has passed; returns when to look again.
     fn expire_due(&self) -> Option<Instant> {
+        let now = Instant::now();
         let mut state = self.lock();
-        for id in state.sessions.due(Instant::now()) {
+        for id in state.sessions.due(now) {
             if let Some(session) = state.sessions.open.remove(&id) {
                 tracing::info!(session = %id, services = session.services.len(), "session expired");
                 for service in session.services.into_services() {
-                    self.remove_locked(&mut state, &service.id);
+                    self.remove_locked(&mut state, &service.id, now);
                 }
             }
         }
