@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::CertificateDer;
+use seaport::{Role, RoleError};
 use serde::Deserialize;
 use tonic::{Request, Status};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -128,20 +129,18 @@ impl Auth {
             .clone()
     }
 
-    /// True when the policy in force says who may register which names.
-    pub fn limits_names(&self) -> bool {
+    /// The name `role` asks for, when the policy in force does not let
+    /// `identity` register it. Reads the policy once and in place (a
+    /// Register does not count a reference on it, a line both cores would
+    /// write), and parses the role only when the policy limits names: the
+    /// registry parses it anyway.
+    pub fn refused_name(&self, identity: &str, role: &str) -> Result<Option<String>, RoleError> {
         let policy = self.policy.read().unwrap_or_else(|e| e.into_inner());
-        policy.rules.is_some()
-    }
-
-    /// True when the policy in force lets `identity` register `name`.
-    /// Reads the policy in place: a Register does not count a reference
-    /// on it, a line both cores would write.
-    pub fn may_register(&self, identity: &str, name: &str) -> bool {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .may_register(identity, name)
+        if policy.rules.is_none() {
+            return Ok(None);
+        }
+        let name = role.parse::<Role>()?.name;
+        Ok((!policy.may_register(identity, &name)).then_some(name))
     }
 
     /// The caller of `request`. Under mTLS a write (`write`) without a
@@ -184,6 +183,24 @@ mod tests {
         )
         .unwrap();
         let policy = Policy::load(&path).unwrap();
+        let auth = |policy: Policy| Auth {
+            mtls: true,
+            require_cert_for_reads: false,
+            policy: RwLock::new(Arc::new(policy)),
+        };
+        let limited = auth(Policy::load(&path).unwrap());
+        assert_eq!(limited.refused_name("web-1", "web-api@1.2.3"), Ok(None));
+        assert_eq!(
+            limited.refused_name("web-1", "db@1.0.0"),
+            Ok(Some("db".into())),
+            "the refused name, without its version"
+        );
+        assert!(limited.refused_name("web-1", "Bad Name").is_err());
+        assert_eq!(
+            auth(Policy::default()).refused_name("anyone", "Bad Name"),
+            Ok(None),
+            "without rules the role is left for the registry to parse and reject"
+        );
         assert!(policy.may_register("web-1", "web"));
         assert!(policy.may_register("web-1", "web-api"));
         assert!(!policy.may_register("web-1", "db"));

@@ -19,7 +19,6 @@ use crate::auth::Auth;
 use crate::registry::{
     MetadataChange, NewService, Registry, RegistryError, Selector, WatchEvent, namespace_or_default,
 };
-use seaport::Role;
 use status::reject;
 
 pub use crate::pb::registry_server::RegistryServer;
@@ -153,20 +152,16 @@ impl RegistryApi for RegistryService {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let actor = self.auth.caller(&request, "Register", true)?;
         let r = request.into_inner();
-        // The registry parses the role again; without a policy that limits
-        // names, it is parsed there only.
-        if self.auth.limits_names() {
-            let role: Role = r
-                .role
-                .parse()
-                .map_err(|e| reject("Register", RegistryError::Role(e)))?;
-            if !self.auth.may_register(&actor.identity, &role.name) {
-                tracing::info!(identity = %actor.identity, name = %role.name, "rejected: not allowed by policy");
-                return Err(Status::permission_denied(format!(
-                    "identity {:?} may not register {:?}; the server's --policy allows it other names only",
-                    actor.identity, role.name
-                )));
-            }
+        let refused = self
+            .auth
+            .refused_name(&actor.identity, &r.role)
+            .map_err(|e| reject("Register", RegistryError::Role(e)))?;
+        if let Some(name) = refused {
+            tracing::info!(identity = %actor.identity, %name, "rejected: not allowed by policy");
+            return Err(Status::permission_denied(format!(
+                "identity {:?} may not register {name:?}; the server's --policy allows it other names only",
+                actor.identity
+            )));
         }
         let new = NewService {
             session_id: r.session_id,
