@@ -54,11 +54,14 @@ struct State {
     by_id: ServicesById,
     ports: Ports,
     sessions: Sessions,
-    /// The last `limits.history` changes, for watches resuming by revision.
-    history: VecDeque<Arc<Change>>,
+    /// The last `limits.history` changes, for watches resuming by revision:
+    /// kept in the ring itself rather than behind an `Arc` each, so that a
+    /// change no one watches costs no allocation, and evicting one reads
+    /// the ring in order rather than a block made long ago.
+    history: VecDeque<Change>,
     /// Changes pushed out of `history` under the lock, dropped by
     /// [`Locked`] after it is released.
-    evicted: Vec<Arc<Change>>,
+    evicted: Vec<Change>,
 }
 
 /// The locked state. Dropping it releases the lock, then drops the changes
@@ -567,20 +570,23 @@ impl Registry {
         previous: Option<Arc<Service>>,
     ) {
         state.revision += 1;
-        let change = Arc::new(Change {
+        let change = Change {
             revision: state.revision,
             kind,
             service,
             previous,
-        });
+        };
+        // Receivers subscribe under the lock, so none can appear between
+        // this count and the send; with none, there is nothing to share.
+        if self.shared.feed.receiver_count() > 0 {
+            let _ = self.shared.feed.send(Arc::new(change.clone()));
+        }
         if state.history.len() >= self.shared.limits.history {
             state.evicted.extend(state.history.pop_front());
         }
         if self.shared.limits.history > 0 {
-            state.history.push_back(change.clone());
+            state.history.push_back(change);
         }
-        // No receivers is fine: nobody is watching.
-        let _ = self.shared.feed.send(change);
     }
 
     /// Expires the sessions whose ttl has passed; returns when to look again.

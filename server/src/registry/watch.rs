@@ -69,7 +69,7 @@ pub enum ChangeKind {
 }
 
 /// One change of the registry, shared by every watcher through an `Arc`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Change {
     /// Revision the change made.
     pub revision: u64,
