@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Before and after: two seaportd builds, measured in alternating runs of
+# the register+free row, then each one's figures side by side. The host
+# moves a single run by several percent, so only runs interleaved in one
+# batch compare; this is how PERFORMANCE.md's before/after tables were made.
+#   RUNS=4 DURATION=10s SESSIONS=1000 bench/ab.sh path/to/seaportd-before path/to/seaportd-after
+# A build is any executable taking seaportd's flags: a wrapper script that
+# adds some (`exec seaportd "$@" --history 0`) measures a setting.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ $# -ne 2 ]; then
+  sed -n '2,8p' "$0" >&2
+  exit 2
+fi
+for build in "$@"; do
+  [ -x "$build" ] || { echo "ab.sh: $build is not an executable seaportd" >&2; exit 2; }
+done
+runs=${RUNS:-4}
+duration=${DURATION:-10s}
+sessions=${SESSIONS:-1000}
+bench=${SEAPORT_BENCH:-target/release/seaport-bench}
+[ -n "${SEAPORT_BENCH:-}" ] || cargo build --release --quiet --bin seaport-bench
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+for run in $(seq "$runs"); do
+  for side in 1 2; do
+    build=${!side}
+    echo "run $run of $runs: $build" >&2
+    SEAPORTD=$build "$bench" --sessions "$sessions" --duration "$duration" --sizes \
+      --watchers 10 --get-rounds 1 --fanout-rounds 1 --idle-sessions 0 \
+      --out "$work/$side-$run.json" >/dev/null
+  done
+done
+
+python3 - "$work" "$runs" "$1" "$2" <<'PY'
+import json, statistics, sys
+work, runs, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+print(f"register+free, interleaved runs; ratio to the health check, and CPU per RPC above it")
+for side, build in enumerate(builds, 1):
+    ratio, server, bench = [], [], []
+    for run in range(1, runs + 1):
+        rows = json.load(open(f"{work}/{side}-{run}.json"))["rows"]
+        row = next(r for r in rows if r["scenario"].startswith("register+free"))
+        ratio.append(row["rate_vs_health"])
+        server.append(row["server_cpu_us_per_op"] - row["server_cpu_us_per_health_check"])
+        bench.append(row["bench_cpu_us_per_op"] - row["bench_cpu_us_per_health_check"])
+    print(f"{build}")
+    print(f"  ratio      {' '.join(f'{x:.3f}' for x in ratio)}  mean {statistics.mean(ratio):.3f}")
+    print(f"  server µs  {' '.join(f'{x:.2f}' for x in server)}  mean {statistics.mean(server):.2f}")
+    print(f"  bench µs   {' '.join(f'{x:.2f}' for x in bench)}  mean {statistics.mean(bench):.2f}")
+PY
