@@ -37,7 +37,7 @@ done
 python3 - "$work" "$runs" "$1" "$2" <<'PY'
 import json, statistics, sys
 work, runs, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-print(f"register+free, interleaved runs; ratio to the health check, and CPU per RPC above it")
+print("register+free, interleaved runs; ratio to the health check, and CPU per RPC above it")
 for side, build in enumerate(builds, 1):
     ratio, server, bench = [], [], []
     for run in range(1, runs + 1):
