@@ -39,15 +39,19 @@ import json, statistics, sys
 work, runs, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 print("register+free, interleaved runs; ratio to the health check, and CPU per RPC above it")
 for side, build in enumerate(builds, 1):
-    ratio, server, bench = [], [], []
+    ratio, server, bench, rate, health = [], [], [], [], []
     for run in range(1, runs + 1):
         rows = json.load(open(f"{work}/{side}-{run}.json"))["rows"]
         row = next(r for r in rows if r["scenario"].startswith("register+free"))
         ratio.append(row["rate_vs_health"])
+        rate.append(row["rate_per_s"] / 1000)
+        health.append(row["health_rate_per_s"] / 1000)
         server.append(row["server_cpu_us_per_op"] - row["server_cpu_us_per_health_check"])
         bench.append(row["bench_cpu_us_per_op"] - row["bench_cpu_us_per_health_check"])
     print(f"{build}")
     print(f"  ratio      {' '.join(f'{x:.3f}' for x in ratio)}  mean {statistics.mean(ratio):.3f}")
+    print(f"  k/s        {' '.join(f'{x:.1f}' for x in rate)}  mean {statistics.mean(rate):.1f}")
+    print(f"  health k/s {' '.join(f'{x:.1f}' for x in health)}  mean {statistics.mean(health):.1f}")
     print(f"  server µs  {' '.join(f'{x:.2f}' for x in server)}  mean {statistics.mean(server):.2f}")
     print(f"  bench µs   {' '.join(f'{x:.2f}' for x in bench)}  mean {statistics.mean(bench):.2f}")
 PY

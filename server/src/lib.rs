@@ -9,6 +9,7 @@ pub mod config;
 pub mod grpc;
 pub mod registry;
 mod reload;
+mod serve;
 pub mod tls;
 mod wire;
 
@@ -24,7 +25,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
-use tonic::transport::Server;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
@@ -119,37 +120,39 @@ pub async fn run_with_admin(
     if tls.is_some() || config.policy.is_some() {
         reload::start(config.clone(), tls.clone(), auth.clone(), stop_rx.clone());
     }
-    let router = Server::builder()
-        .max_concurrent_streams(Some(config.max_concurrent_streams))
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(health_service)
+    let routes = Routes::new(health_service)
         .add_service(reflection)
         .add_service(RegistryServer::new(RegistryService::new(
             registry.clone(),
             auth,
             stop_rx,
         )));
+    let settings = serve::Settings {
+        max_concurrent_streams: config.max_concurrent_streams,
+        keepalive_interval: std::time::Duration::from_secs(30),
+    };
     let drained = async {
         let _ = drain_rx.await;
     };
-    let server: std::pin::Pin<
-        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
-    > = match tls {
-        Some(tls) => {
-            Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls), drained))
-        }
+    let server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
+        Some(tls) => Box::pin(serve::serve(
+            routes,
+            tls::incoming(listener, tls),
+            settings,
+            drained,
+        )),
         None => {
             let incoming = TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
                 .map(|accepted| accepted.map(coalesce::Coalesced::new));
-            Box::pin(router.serve_with_incoming_shutdown(incoming, drained))
+            Box::pin(serve::serve(routes, incoming, settings, drained))
         }
     };
     let mut server = server;
     tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), tls = config.tls.is_some(), "seaportd serving");
 
     tokio::select! {
-        result = &mut server => return Ok(result?),
+        _ = &mut server => return Ok(()),
         _ = shutdown => {}
     }
     tracing::info!(drain_delay = ?config.drain_delay, "shutting down: reporting NOT_SERVING");
@@ -161,13 +164,13 @@ pub async fn run_with_admin(
         .await;
     let _ = serving_tx.send(false);
     tokio::select! {
-        result = &mut server => return Ok(result?),
+        _ = &mut server => return Ok(()),
         _ = tokio::time::sleep(config.drain_delay) => {}
     }
     let _ = stop_tx.send(true);
     let _ = drain_tx.send(());
     match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-        Ok(result) => result?,
+        Ok(()) => {}
         Err(_) => {
             tracing::warn!(grace = ?config.shutdown_grace, "calls still open after the grace period; closing them")
         }
