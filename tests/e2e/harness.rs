@@ -94,6 +94,11 @@ impl TestServer {
         }
     }
 
+    /// Whether `run` has not returned yet.
+    pub(crate) fn is_running(&self) -> bool {
+        !self.done.is_finished()
+    }
+
     /// Shuts the server down and waits until it has stopped.
     pub(crate) async fn stop(mut self) {
         self.begin_shutdown();

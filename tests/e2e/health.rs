@@ -76,6 +76,41 @@ async fn shutdown_ends_open_watch_and_heartbeat_streams() {
     server.stop().await;
 }
 
+/// Once the drain ends the listener closes, so a new client is refused at
+/// once rather than left waiting for a server that will not answer, while
+/// a call in flight may still finish within the grace.
+#[tokio::test]
+async fn after_the_drain_new_connections_are_refused_while_calls_finish() {
+    let mut config = test_config();
+    config.shutdown_grace = Duration::from_secs(5);
+    let mut server = TestServer::start_with(config).await;
+    let addr = server.addr;
+    let mut client = server.client().await;
+    // Waits for a name no one registers: in flight until the grace ends.
+    let get = tokio::spawn(async move {
+        client
+            .get(seaport::pb::GetRequest {
+                pattern: "nosuch".into(),
+                ..Default::default()
+            })
+            .await
+    });
+    // Loopback delivers it in well under this.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!get.is_finished(), "the Get waits");
+    server.begin_shutdown();
+    eventually("a new connection to be refused", || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(
+        server.is_running(),
+        "refused while the server still waits for the call in flight"
+    );
+    get.abort();
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn reflection_lists_the_registry_and_health_services() {
     let server = TestServer::start().await;
