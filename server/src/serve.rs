@@ -47,6 +47,9 @@ pub(crate) async fn serve<I, IO>(
     I: Stream<Item = std::io::Result<IO>>,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
 {
+    // Everything else keeps hyper's defaults. tonic passed `None` for some,
+    // which for locally reset streams switched off hyper's limit of 1024,
+    // a guard against reset floods (RUSTSEC-2024-0003).
     let mut builder = hyper::server::conn::http2::Builder::new(Executor);
     builder
         .timer(TokioTimer::new())
