@@ -208,6 +208,9 @@ impl<F: Future> Future for Repoll<F> {
             let polled = this.inner.as_mut().poll(&mut inner_cx);
             this.state.polling.store(false, SeqCst);
             if polled.is_ready() {
+                // h2 may hold our waker a while longer; it need not keep
+                // the finished task's memory.
+                *this.state.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 return polled;
             }
             if !this.state.woken.load(SeqCst) {
@@ -273,6 +276,8 @@ mod tests {
             0,
             "the runtime was not asked to poll it"
         );
+        task.waker.wake_by_ref();
+        assert_eq!(wakes.0.load(SeqCst), 0, "a finished task's waker is let go");
     }
 
     #[test]
