@@ -37,7 +37,7 @@ done
 python3 - "$work" "$runs" "$1" "$2" <<'PY'
 import json, statistics, sys
 work, runs, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-print("register+free, interleaved runs; ratio to the health check, and CPU per RPC above it")
+print("register+free, interleaved runs: ratio to the health check, both rates, and CPU per RPC above a health check's")
 for side, build in enumerate(builds, 1):
     ratio, server, bench, rate, health = [], [], [], [], []
     for run in range(1, runs + 1):
@@ -49,9 +49,7 @@ for side, build in enumerate(builds, 1):
         server.append(row["server_cpu_us_per_op"] - row["server_cpu_us_per_health_check"])
         bench.append(row["bench_cpu_us_per_op"] - row["bench_cpu_us_per_health_check"])
     print(f"{build}")
-    print(f"  ratio      {' '.join(f'{x:.3f}' for x in ratio)}  mean {statistics.mean(ratio):.3f}")
-    print(f"  k/s        {' '.join(f'{x:.1f}' for x in rate)}  mean {statistics.mean(rate):.1f}")
-    print(f"  health k/s {' '.join(f'{x:.1f}' for x in health)}  mean {statistics.mean(health):.1f}")
-    print(f"  server µs  {' '.join(f'{x:.2f}' for x in server)}  mean {statistics.mean(server):.2f}")
-    print(f"  bench µs   {' '.join(f'{x:.2f}' for x in bench)}  mean {statistics.mean(bench):.2f}")
+    for label, xs, digits in [("ratio", ratio, 3), ("k/s", rate, 1), ("health k/s", health, 1),
+                              ("server µs", server, 2), ("bench µs", bench, 2)]:
+        print(f"  {label:<10} {' '.join(f'{x:.{digits}f}' for x in xs)}  mean {statistics.mean(xs):.{digits}f}")
 PY

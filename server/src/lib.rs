@@ -134,7 +134,7 @@ pub async fn run_with_admin(
     let drained = async {
         let _ = drain_rx.await;
     };
-    let server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
+    let mut server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
         Some(tls) => Box::pin(serve::serve(
             routes,
             tls::incoming(listener, tls),
@@ -148,7 +148,6 @@ pub async fn run_with_admin(
             Box::pin(serve::serve(routes, incoming, settings, drained))
         }
     };
-    let mut server = server;
     tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), tls = config.tls.is_some(), "seaportd serving");
 
     tokio::select! {

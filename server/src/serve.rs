@@ -93,7 +93,7 @@ async fn accept<I, IO>(
         // and, under TLS, its certificates (`Request::peer_certs`).
         let info = io.connect_info();
         let routes = routes.clone();
-        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut request = request.map(tonic::body::Body::new);
             request.extensions_mut().insert(info.clone());
             routes.clone().oneshot(request)
