@@ -1,7 +1,7 @@
 //! Conversions between the generated `pb` messages and the domain types, in
 //! one place.
 
-use crate::{EventKind, Service, pb};
+use crate::{EventKind, FreeReason, Service, pb};
 
 /// A message from the wire that does not make a valid domain value.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,32 @@ impl From<pb::watch_event::Kind> for EventKind {
     }
 }
 
+impl From<FreeReason> for pb::FreeReason {
+    fn from(reason: FreeReason) -> Self {
+        match reason {
+            FreeReason::Owner => Self::Owner,
+            FreeReason::Closed => Self::Closed,
+            FreeReason::Expired => Self::Expired,
+            FreeReason::Admin => Self::Admin,
+        }
+    }
+}
+
+impl pb::FreeReason {
+    /// The reason a FREED event gives, if it gives one.
+    pub fn known(self) -> Option<FreeReason> {
+        match self {
+            Self::Owner => Some(FreeReason::Owner),
+            Self::Closed => Some(FreeReason::Closed),
+            Self::Expired => Some(FreeReason::Expired),
+            Self::Admin => Some(FreeReason::Admin),
+            Self::Unspecified => None,
+        }
+    }
+}
+
+/// A service as an answer carries it: everything but its session, a secret
+/// of the session's holder.
 impl From<&Service> for pb::Service {
     fn from(s: &Service) -> Self {
         pb::Service {
@@ -74,7 +100,6 @@ impl From<&Service> for pb::Service {
                 .collect(),
             namespace: s.namespace.to_string(),
             owner: s.owner.to_string(),
-            session_id: s.session_id.to_string(),
             create_revision: s.create_revision,
             mod_revision: s.mod_revision,
         }
@@ -109,7 +134,7 @@ impl TryFrom<pb::Service> for Service {
             metadata: s.metadata.into_iter().collect(),
             namespace: s.namespace.into(),
             owner: s.owner.into(),
-            session_id: s.session_id.into(),
+            session_id: "".into(),
             create_revision: s.create_revision,
             mod_revision: s.mod_revision,
         })
@@ -131,7 +156,7 @@ mod tests {
             metadata: [("zone".to_string(), "a".to_string())].into(),
             namespace: "default".into(),
             owner: "alice".into(),
-            session_id: "s1".into(),
+            session_id: "".into(),
             create_revision: 3,
             mod_revision: 5,
         };

@@ -16,3 +16,16 @@ pub enum EventKind {
     /// Forget what you have: a fresh snapshot and `Synced` follow.
     Reset,
 }
+
+/// Why a registration was freed, as `Freed` events say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FreeReason {
+    /// Its owner freed it.
+    Owner,
+    /// Its session was closed by its client.
+    Closed,
+    /// Its session's ttl passed with no heartbeat.
+    Expired,
+    /// An admin freed it; final, its owner does not register it again.
+    Admin,
+}

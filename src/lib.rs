@@ -9,16 +9,20 @@ mod convert;
 mod duration;
 mod event;
 mod metadata;
+mod quote;
 mod range;
 mod role;
 mod service;
 
 pub use convert::ConvertError;
 pub use duration::parse_duration;
-pub use event::EventKind;
+pub use event::{EventKind, FreeReason};
 pub use metadata::Metadata;
+pub use quote::{QUOTE_LIMIT, Quoted, quote};
 pub use range::{Range, RangeError};
-pub use role::{MAX_NAME_LEN, Pattern, Role, RoleError, validate_name};
+pub use role::{
+    MAX_NAME_LEN, MAX_PATTERN_LEN, MAX_ROLE_LEN, Pattern, Role, RoleError, validate_name,
+};
 pub use service::Service;
 
 /// Code generated from the proto: messages and the `Registry` client.

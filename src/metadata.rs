@@ -56,7 +56,7 @@ impl Metadata {
     }
 
     /// The pairs, sorted by key.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&String, &String)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 }
@@ -70,12 +70,21 @@ impl Extend<(String, String)> for Metadata {
 }
 
 impl FromIterator<(String, String)> for Metadata {
-    /// Later pairs win over earlier ones with the same key.
+    /// Later pairs win over earlier ones with the same key. Sorts once, so
+    /// the cost is n log n however the pairs arrive (inserting one at a
+    /// time into the sorted vector would be quadratic).
     fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
-        let mut m = Metadata::new();
-        m.extend(pairs);
-        m.0.shrink_to_fit();
-        m
+        let mut pairs: Vec<(String, String)> = pairs.into_iter().collect();
+        // Stable: among equal keys the later pair stays last.
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut unique: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            match unique.last_mut() {
+                Some(last) if last.0 == pair.0 => *last = pair,
+                _ => unique.push(pair),
+            }
+        }
+        Metadata(unique)
     }
 }
 
@@ -134,6 +143,12 @@ mod tests {
         assert_eq!(m["a"], "9");
         assert_eq!(m.remove("b"), Some("3".into()));
         assert_eq!((m.len(), m.get("b"), m.contains_key("a")), (1, None, true));
+        let many: Metadata = (0..200_000)
+            .rev()
+            .map(|i| (format!("k{i:06}"), i.to_string()))
+            .collect();
+        assert_eq!(many.len(), 200_000, "built in n log n, not n squared");
+        assert_eq!(many.iter().next().map(|(k, _)| k.as_str()), Some("k000000"));
         let from_tree: Metadata = BTreeMap::from([("x".to_string(), "y".to_string())]).into();
         assert_eq!(from_tree.get("x").map(String::as_str), Some("y"));
     }

@@ -19,7 +19,7 @@ const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// A malformed range; the message names the part that is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{part:?} {reason}")]
+#[error("{} {reason}", crate::quote(part))]
 pub struct RangeError {
     /// The offending part of the range.
     pub part: String,

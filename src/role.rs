@@ -6,10 +6,17 @@ use std::str::FromStr;
 
 use semver::Version;
 
-use crate::Range;
+use crate::{Range, quote};
 
 /// Longest service name or namespace accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 63;
+
+/// Longest role (`name@version`) accepted, in bytes; checked before parsing.
+pub const MAX_ROLE_LEN: usize = 256;
+
+/// Longest query pattern (`name@range`) accepted, in bytes; checked before
+/// parsing.
+pub const MAX_PATTERN_LEN: usize = 1024;
 
 /// A malformed role, pattern or name; the message says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,7 +28,10 @@ pub enum RoleError {
         what: &'static str,
     },
     /// The name part is too long.
-    #[error("{what} {name:?} is {len} bytes long; the limit is {MAX_NAME_LEN}")]
+    #[error(
+        "{what} {} is {len} bytes long; the limit is {MAX_NAME_LEN}",
+        quote(name)
+    )]
     NameTooLong {
         /// What was being named.
         what: &'static str,
@@ -31,7 +41,10 @@ pub enum RoleError {
         len: usize,
     },
     /// The name part has a character outside the allowed set.
-    #[error("{what} {name:?} has {bad:?}; use lowercase letters, digits, `.`, `_` and `-`")]
+    #[error(
+        "{what} {} has {bad:?}; use lowercase letters, digits, `.`, `_` and `-`",
+        quote(name)
+    )]
     NameChar {
         /// What was being named.
         what: &'static str,
@@ -41,7 +54,11 @@ pub enum RoleError {
         bad: char,
     },
     /// The version of a role is not an exact semver.
-    #[error("version {version:?} in role {role:?} is not an exact semver such as 1.2.3: {reason}")]
+    #[error(
+        "version {} in role {} is not an exact semver such as 1.2.3: {reason}",
+        quote(version),
+        quote(role)
+    )]
     Version {
         /// The role as given.
         role: String,
@@ -51,16 +68,38 @@ pub enum RoleError {
         reason: String,
     },
     /// Nothing follows the `@`.
-    #[error("{0:?} has nothing after `@`; write `name`, `name@1.2.3` or `name@1.x`")]
+    #[error("{} has nothing after `@`; write `name`, `name@1.2.3` or `name@1.x`", quote(.0))]
     EmptyVersion(String),
     /// The range of a pattern is malformed.
-    #[error("range in pattern {pattern:?}: {source}")]
+    #[error("range in pattern {}: {source}", quote(pattern))]
     Range {
         /// The pattern as given.
         pattern: String,
         /// What is wrong with the range.
         source: crate::RangeError,
     },
+    /// The role or pattern is longer than any valid one; not parsed.
+    #[error("{what} is {len} bytes long; the limit is {limit}")]
+    TooLong {
+        /// What it is ("role", "pattern").
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Refuses `text` longer than `limit` before any work that grows with it.
+fn check_len(what: &'static str, text: &str, limit: usize) -> Result<(), RoleError> {
+    if text.len() > limit {
+        return Err(RoleError::TooLong {
+            what,
+            len: text.len(),
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// Checks a service name or namespace: 1 to [`MAX_NAME_LEN`] bytes of
@@ -102,6 +141,7 @@ impl FromStr for Role {
     type Err = RoleError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        check_len("role", s, MAX_ROLE_LEN)?;
         let (name, version) = match s.split_once('@') {
             Some((_, "")) => return Err(RoleError::EmptyVersion(s.to_string())),
             Some((name, v)) => {
@@ -161,6 +201,7 @@ impl FromStr for Pattern {
     type Err = RoleError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        check_len("pattern", s, MAX_PATTERN_LEN)?;
         let s = s.trim();
         if s.is_empty() {
             return Ok(Pattern::default());
@@ -221,6 +262,21 @@ mod tests {
         let long = "a".repeat(64);
         let e = long.parse::<Role>().unwrap_err().to_string();
         assert!(e.contains("the limit is 63"), "{e}");
+    }
+
+    #[test]
+    fn oversized_roles_and_patterns_are_refused_before_parsing() {
+        let e = format!("web@{}", "1".repeat(1_000_000))
+            .parse::<Role>()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "role is 1000004 bytes long; the limit is 256"
+        );
+        let e = "x".repeat(2000).parse::<Pattern>().unwrap_err();
+        assert!(e.to_string().contains("the limit is 1024"), "{e}");
+        let e = "Web".repeat(30).parse::<Role>().unwrap_err().to_string();
+        assert!(e.len() < 200, "input quoted in short: {e}");
     }
 
     #[test]

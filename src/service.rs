@@ -30,7 +30,9 @@ pub struct Service {
     pub namespace: Arc<str>,
     /// Identity that registered it (empty without mTLS).
     pub owner: Arc<str>,
-    /// Session that holds it.
+    /// Session that holds it: known to the server only. A session id is a
+    /// secret of its holder, so no answer carries it and clients see it
+    /// empty.
     pub session_id: Arc<str>,
     /// Revision at which it was registered.
     pub create_revision: u64,

@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
+use time::{Duration, OffsetDateTime};
 
 use crate::Failure;
 
@@ -28,13 +30,47 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), Failure> {
         .map_err(|e| failure(&path.display().to_string(), e))
 }
 
-/// Writes the CA, a server certificate for localhost, 127.0.0.1, ::1 and
-/// `server_names`, and one client certificate per name in `clients`
-/// (Common Name = the identity). Refuses to overwrite.
+/// How long the CA is valid.
+const CA_DAYS: i64 = 3650;
+
+/// Server and client certificates are valid for this many days unless told.
+pub(crate) const DEFAULT_DAYS: u32 = 365;
+
+/// Validity from an hour ago (so a clock a little behind still accepts
+/// it) to `days` from now.
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+}
+
+/// A leaf certificate's parameters: the usages of a TLS server or client
+/// with an ECDSA key (digital signature only), valid for `days`.
+fn leaf(
+    names: Vec<String>,
+    common_name: &str,
+    usage: ExtendedKeyUsagePurpose,
+    days: u32,
+) -> Result<CertificateParams, Failure> {
+    let mut params = CertificateParams::new(names).map_err(|e| failure("names", e))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    validity(&mut params, i64::from(days));
+    Ok(params)
+}
+
+/// Writes the CA (valid ten years), a server certificate for localhost,
+/// 127.0.0.1, ::1 and `server_names`, and one client certificate per name
+/// in `clients` (Common Name = the identity), each valid `days`. Refuses
+/// to overwrite.
 pub(crate) fn init(
     dir: &Path,
     server_names: &[String],
     clients: &[String],
+    days: u32,
 ) -> Result<Vec<PathBuf>, Failure> {
     std::fs::create_dir_all(dir)
         .map_err(|e| failure(&format!("cannot create {}", dir.display()), e))?;
@@ -54,6 +90,7 @@ pub(crate) fn init(
         .push(DnType::CommonName, "Seaport development CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut ca_params, CA_DAYS);
     let ca_key = KeyPair::generate().map_err(|e| failure("CA key", e))?;
     let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| failure("CA", e))?;
@@ -77,10 +114,7 @@ pub(crate) fn init(
         "::1".to_string(),
     ];
     sans.extend(server_names.iter().cloned());
-    let mut server = CertificateParams::new(sans).map_err(|e| failure("server names", e))?;
-    server
-        .distinguished_name
-        .push(DnType::CommonName, "seaportd");
+    let server = leaf(sans, "seaportd", ExtendedKeyUsagePurpose::ServerAuth, days)?;
     let key = KeyPair::generate().map_err(|e| failure("server key", e))?;
     let cert = server
         .signed_by(&key, &ca)
@@ -88,11 +122,12 @@ pub(crate) fn init(
     emit("server", cert.pem(), key.serialize_pem())?;
 
     for client in clients {
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).map_err(|e| failure("client", e))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, client.as_str());
+        let params = leaf(
+            Vec::new(),
+            client,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            days,
+        )?;
         let key = KeyPair::generate().map_err(|e| failure("client key", e))?;
         let cert = params
             .signed_by(&key, &ca)

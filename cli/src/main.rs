@@ -23,6 +23,7 @@ Exit codes:
   3  the server refused the request (its message says why)
   4  timed out (get --timeout)
   5  no server reachable
+  6  register: an admin freed the registration (COMMAND is stopped)
   register -- COMMAND exits with COMMAND's own exit code";
 
 /// Seaport's command line: register services, find them, wait for them, watch them.
@@ -166,6 +167,9 @@ enum Certs {
         /// A client certificate to make, for this identity; repeatable.
         #[arg(long = "client")]
         clients: Vec<String>,
+        /// Days the server and client certificates are valid (the CA: ten years).
+        #[arg(long, default_value_t = certs::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
     },
 }
 
@@ -313,9 +317,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             options.port = *port;
             options.host = host.clone();
             options.id = id.clone();
-            let signals = supervise::Signals::new()?;
             let client = connect(&cli).await?;
+            let mut signals = supervise::Signals::new(&client)?;
             let registration = client.register(role, options.clone()).await?;
+            signals.watch_eviction(registration.id());
             eprintln!(
                 "seaportctl: registered {role} at {} (id {})",
                 registration.service().address(),
@@ -329,8 +334,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     )
                 });
                 supervise::hold_existing(&client, role, options, registration, probe, signals)
-                    .await?;
-                0
+                    .await?
             } else {
                 supervise::run_command(&registration, command, *max_restarts, signals).await?
             };
@@ -389,8 +393,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             dir,
             server_names,
             clients,
+            days,
         }) => {
-            for path in certs::init(dir, server_names, clients)? {
+            for path in certs::init(dir, server_names, clients, *days)? {
                 println!("wrote {}", path.display());
             }
             let d = dir.display();

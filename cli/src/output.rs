@@ -36,7 +36,6 @@ pub(crate) fn service_json(s: &Service) -> Value {
         "metadata": s.metadata.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>(),
         "namespace": &*s.namespace,
         "owner": &*s.owner,
-        "session_id": &*s.session_id,
         "create_revision": s.create_revision,
         "mod_revision": s.mod_revision,
     })
@@ -251,6 +250,7 @@ mod tests {
             kind: EventKind::Registered,
             service: Some(web()),
             revision: 7,
+            reason: None,
         };
         let t = UNIX_EPOCH;
         assert_eq!(

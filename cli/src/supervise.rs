@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use seaport_client::{RegisterOptions, Registration, SeaportClient};
+use seaport_client::{ClientEvent, RegisterOptions, Registration, SeaportClient};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::{Stream, StreamExt};
 
 use crate::Failure;
+
+/// The exit code of `seaportctl register` when an admin freed its
+/// registration: it is not registered again, and COMMAND is stopped.
+pub(crate) const EXIT_EVICTED: i32 = 6;
 
 /// First pause before restarting a command that exited.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -23,28 +28,56 @@ const HEALTHY_RUN: Duration = Duration::from_secs(10);
 /// How long a child has to exit after a forwarded signal.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// SIGINT or SIGTERM, whichever comes first. Installed before registering,
-/// so a signal that comes while the registration is made is not fatal but
-/// stops seaportctl the clean way once it is.
+/// What ends `seaportctl register`: SIGINT or SIGTERM, or an admin
+/// freeing the registration. Installed before registering, so a signal
+/// that comes while the registration is made is not fatal but stops
+/// seaportctl the clean way once it is.
 pub(crate) struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    events: std::pin::Pin<Box<dyn Stream<Item = ClientEvent> + Send>>,
+    /// The registration's id, once made.
+    id: Option<String>,
+}
+
+/// Why `seaportctl register` stops.
+enum Stop {
+    Signal(Signal),
+    /// An admin freed the registration.
+    Evicted,
 }
 
 impl Signals {
-    pub(crate) fn new() -> Result<Self, Failure> {
+    pub(crate) fn new(client: &SeaportClient) -> Result<Self, Failure> {
         let install =
             |kind| signal(kind).map_err(|e| Failure::other(format!("cannot handle signals: {e}")));
         Ok(Signals {
             int: install(SignalKind::interrupt())?,
             term: install(SignalKind::terminate())?,
+            events: Box::pin(client.events()),
+            id: None,
         })
     }
 
-    async fn recv(&mut self) -> Signal {
-        tokio::select! {
-            _ = self.int.recv() => Signal::SIGINT,
-            _ = self.term.recv() => Signal::SIGTERM,
+    /// Watches for an admin's free of registration `id` from now on.
+    pub(crate) fn watch_eviction(&mut self, id: &str) {
+        self.id = Some(id.to_string());
+    }
+
+    async fn recv(&mut self) -> Stop {
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => return Stop::Signal(Signal::SIGINT),
+                _ = self.term.recv() => return Stop::Signal(Signal::SIGTERM),
+                Some(event) = self.events.next() => {
+                    if let ClientEvent::Evicted { id, by } = event
+                        && self.id.as_ref() == Some(&id)
+                    {
+                        eprintln!("seaportctl: an admin ({by}) freed registration {id}; it is not registered again");
+                        return Stop::Evicted;
+                    }
+                }
+            }
         }
     }
 }
@@ -91,7 +124,13 @@ pub(crate) async fn run_command(
         let started = tokio::time::Instant::now();
         let status = tokio::select! {
             status = child.wait() => status.map_err(|e| Failure::other(format!("waiting for {:?}: {e}", command[0])))?,
-            sig = signals.recv() => return Ok(stop_child(&mut child, sig).await),
+            stop = signals.recv() => return Ok(match stop {
+                Stop::Signal(sig) => stop_child(&mut child, sig).await,
+                Stop::Evicted => {
+                    stop_child(&mut child, Signal::SIGTERM).await;
+                    EXIT_EVICTED
+                }
+            }),
         };
         let code = exit_code(status);
         if max_restarts.is_some_and(|max| restarts >= max) {
@@ -111,16 +150,20 @@ pub(crate) async fn run_command(
         );
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = signals.recv() => return Ok(code),
+            stop = signals.recv() => return Ok(match stop {
+                Stop::Signal(_) => code,
+                Stop::Evicted => EXIT_EVICTED,
+            }),
         }
         restarts += 1;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-/// Holds the registration of an existing service until a signal. With a
-/// TCP check, frees it while the port refuses connections and registers it
-/// again (same id and port) when it accepts again.
+/// Holds the registration of an existing service until a signal (exit code
+/// 0) or an admin's free ([`EXIT_EVICTED`]). With a TCP check, frees it
+/// while the port refuses connections and registers it again (same id and
+/// port) when it accepts again.
 pub(crate) async fn hold_existing(
     client: &SeaportClient,
     role: &str,
@@ -128,10 +171,13 @@ pub(crate) async fn hold_existing(
     registration: Registration,
     check: Option<(String, Duration)>,
     mut signals: Signals,
-) -> Result<(), Failure> {
+) -> Result<i32, Failure> {
+    let code = |stop| match stop {
+        Stop::Signal(_) => 0,
+        Stop::Evicted => EXIT_EVICTED,
+    };
     let Some((host, interval)) = check else {
-        signals.recv().await;
-        return Ok(());
+        return Ok(code(signals.recv().await));
     };
     let id = registration.id().to_string();
     let port = registration.port();
@@ -140,7 +186,7 @@ pub(crate) async fn hold_existing(
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            _ = signals.recv() => return Ok(()),
+            stop = signals.recv() => return Ok(code(stop)),
         }
         let up = matches!(
             tokio::time::timeout(

@@ -73,6 +73,18 @@ async fn server(
     policy: Option<&str>,
     reads_need_cert: bool,
 ) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    server_on(listener, dir, client_ca, policy, reads_need_cert).await
+}
+
+/// `server`, on a listener of the caller's (for a restart on an address).
+async fn server_on(
+    listener: tokio::net::TcpListener,
+    dir: &Path,
+    client_ca: PathBuf,
+    policy: Option<&str>,
+    reads_need_cert: bool,
+) -> Server {
     let policy = policy.map(|text| {
         let path = dir.join("policy.toml");
         std::fs::write(&path, text).unwrap();
@@ -89,7 +101,6 @@ async fn server(
         require_client_cert_for_reads: reads_need_cert,
         ..Default::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -462,4 +473,212 @@ async fn the_admin_port_answers_health_without_a_certificate() {
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         assert!(reply.ends_with("SERVING\n"), "{reply}");
     }
+}
+
+/// What a certificate says of its validity and use.
+struct Made {
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+    /// Key usages: digital signature, certificate signing.
+    signs: bool,
+    signs_certs: bool,
+    server_auth: bool,
+    client_auth: bool,
+}
+
+/// What `pem_file` in `dir` says.
+fn made(dir: &Path, pem_file: &str) -> Made {
+    let text = pem(dir, pem_file);
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let usage = cert.key_usage().unwrap().map(|e| *e.value);
+    let extended = cert.extended_key_usage().unwrap().map(|e| e.value.clone());
+    Made {
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+        signs: usage.is_some_and(|u| u.digital_signature()),
+        signs_certs: usage.is_some_and(|u| u.key_cert_sign()),
+        server_auth: extended.as_ref().is_some_and(|e| e.server_auth),
+        client_auth: extended.as_ref().is_some_and(|e| e.client_auth),
+    }
+}
+
+#[tokio::test]
+async fn certs_init_makes_short_lived_certificates_with_their_usages() {
+    let dir = tempdir("validity");
+    certs(&dir.0, &["alice"]).await;
+    let now = time::OffsetDateTime::now_utc();
+    let days = |m: &Made| (m.not_after - now).whole_days();
+    let ca = made(&dir.0, "ca.pem");
+    let server = made(&dir.0, "server.pem");
+    let alice = made(&dir.0, "client-alice.pem");
+    for m in [&ca, &server, &alice] {
+        let started = now - m.not_before;
+        assert!(
+            started >= time::Duration::minutes(59) && started <= time::Duration::minutes(61),
+            "valid from an hour ago: {:?}",
+            m.not_before
+        );
+    }
+    assert!((3649..=3650).contains(&days(&ca)), "CA: {} days", days(&ca));
+    assert!(
+        (364..=365).contains(&days(&server)),
+        "{} days",
+        days(&server)
+    );
+    assert!((364..=365).contains(&days(&alice)), "{} days", days(&alice));
+    assert!(ca.signs_certs);
+    assert!(server.signs && !server.signs_certs && server.server_auth && !server.client_auth);
+    assert!(alice.signs && !alice.signs_certs && alice.client_auth && !alice.server_auth);
+
+    let short = tempdir("days");
+    let out = seaportctl(&["certs", "init", short.0.to_str().unwrap(), "--days", "7"]).await;
+    assert!(out.status.success());
+    assert!((6..=7).contains(&days(&made(&short.0, "server.pem"))));
+}
+
+#[tokio::test]
+async fn an_admins_free_is_final_even_across_a_restart() {
+    let dir = tempdir("evict");
+    certs(&dir.0, &["alice", "ops"]).await;
+    let policy = "admins = [\"ops\"]\n[[allow]]\nidentities = [\"alice\"]\nnames = [\"*\"]\n";
+    let first = server(&dir.0, dir.0.join("ca.pem"), Some(policy), false).await;
+    let addr = first.addr;
+    let alice = client(addr, &dir.0, "alice").await;
+    let ops = client(addr, &dir.0, "ops").await;
+    let mut events = alice.events();
+    let evicted = alice
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    let kept = alice
+        .register("api@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    let mut watcher = raw(addr, &dir.0, None).await.unwrap();
+    let mut watch = watcher
+        .watch(pb::WatchRequest {
+            pattern: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    ops.free(evicted.id()).await.unwrap();
+    let told = tokio::time::timeout(PATIENCE, async {
+        while let Some(event) = events.next().await {
+            if let ClientEvent::Evicted { id, by } = event {
+                return (id, by);
+            }
+        }
+        panic!("events ended")
+    })
+    .await
+    .expect("the owner is told");
+    assert_eq!(told, (evicted.id().to_string(), "ops".to_string()));
+    let freed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let event = watch.next().await.unwrap().unwrap();
+            if event.kind() == pb::watch_event::Kind::Freed {
+                return event;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(freed.reason(), pb::FreeReason::Admin);
+
+    // The server restarts empty; alice's client opens a new session and
+    // re-asserts what it still owns, which is not what the admin freed.
+    drop(first);
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let _second = server_on(listener, &dir.0, dir.0.join("ca.pem"), Some(policy), false).await;
+    let count = tokio::time::timeout(PATIENCE, async {
+        while let Some(event) = events.next().await {
+            if let ClientEvent::Reasserted { count } = event {
+                return count;
+            }
+        }
+        panic!("events ended")
+    })
+    .await
+    .expect("re-asserted after the restart");
+    assert_eq!(count, 1);
+    let found = alice.query("").await.unwrap();
+    let ids: Vec<&str> = found.iter().map(|s| s.id.as_str()).collect();
+    assert!(ids.contains(&kept.id()), "{ids:?}");
+    assert!(!ids.contains(&evicted.id()), "{ids:?}");
+}
+
+#[tokio::test]
+async fn seaportctl_register_stops_its_command_when_an_admin_frees_it() {
+    let dir = tempdir("evict-ctl");
+    certs(&dir.0, &["alice", "ops"]).await;
+    let policy = "admins = [\"ops\"]\n[[allow]]\nidentities = [\"alice\"]\nnames = [\"*\"]\n";
+    let server = server(&dir.0, dir.0.join("ca.pem"), Some(policy), false).await;
+    let d = dir.0.display().to_string();
+    let pidfile = dir.0.join("child.pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+    let mut ctl = tokio::process::Command::new(env!("CARGO_BIN_EXE_seaportctl"))
+        .args([
+            "--server",
+            &server.addr.to_string(),
+            "--ca",
+            &format!("{d}/ca.pem"),
+            "--cert",
+            &format!("{d}/client-alice.pem"),
+            "--key",
+            &format!("{d}/client-alice-key.pem"),
+            "register",
+            "web@1.0.0",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ops = client(server.addr, &dir.0, "ops").await;
+    let web = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(web) = ops.query("web").await.unwrap().pop()
+                && pidfile.exists()
+            {
+                return web;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("registered and running");
+    let child: i32 = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&pidfile)
+                && let Ok(pid) = text.trim().parse()
+            {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    ops.free(&web.id).await.unwrap();
+    let status = tokio::time::timeout(PATIENCE, ctl.wait())
+        .await
+        .expect("seaportctl exits")
+        .unwrap();
+    assert_eq!(status.code(), Some(6), "the evicted exit code");
+    assert!(
+        !Path::new(&format!("/proc/{child}")).exists(),
+        "its command was stopped"
+    );
+    assert!(ops.query("web").await.unwrap().is_empty());
 }

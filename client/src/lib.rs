@@ -73,6 +73,14 @@ pub enum ClientEvent {
         /// How many.
         count: usize,
     },
+    /// An admin freed one of this client's registrations. That is final:
+    /// the client forgets it and never registers it again.
+    Evicted {
+        /// Its id.
+        id: String,
+        /// The admin's identity.
+        by: String,
+    },
     /// One registration could not be re-asserted.
     ReassertFailed {
         /// Its id.

@@ -98,6 +98,14 @@ impl Shared {
             .clone()
     }
 
+    /// Stops re-asserting registration `id`.
+    pub(crate) fn forget(&self, id: &str) {
+        self.owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
     fn owned_requests(&self) -> Vec<pb::RegisterRequest> {
         self.owned
             .lock()
@@ -279,6 +287,12 @@ async fn hold(shared: &Shared, server: &str, session: &mut Option<String>) -> En
                 }
             }
             reply = stream.message() => match reply {
+                Ok(Some(pb::HeartbeatResponse { kind: Some(Out::Evicted(evicted)) })) => {
+                    last_answer = tokio::time::Instant::now();
+                    shared.forget(&evicted.id);
+                    tracing::warn!(id = %evicted.id, by = %evicted.by, "an admin freed a registration of this client");
+                    shared.emit(ClientEvent::Evicted { id: evicted.id, by: evicted.by });
+                }
                 Ok(Some(_)) => last_answer = tokio::time::Instant::now(),
                 Ok(None) => return failed("the server ended the session stream", true),
                 Err(status) if status.code() == Code::NotFound => return Ended::SessionLost,

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use seaport::{EventKind, Service, pb};
+use seaport::{EventKind, FreeReason, Service, pb};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
@@ -19,6 +19,9 @@ pub struct Event {
     pub service: Option<Service>,
     /// The registry revision of the change or snapshot.
     pub revision: u64,
+    /// For `Freed`: why the service went away (none when an update moved
+    /// it out of the watched set, or from an older server).
+    pub reason: Option<FreeReason>,
 }
 
 impl TryFrom<pb::WatchEvent> for Event {
@@ -26,10 +29,12 @@ impl TryFrom<pb::WatchEvent> for Event {
 
     fn try_from(e: pb::WatchEvent) -> Result<Self> {
         let kind = EventKind::from(e.kind());
+        let reason = e.reason().known();
         Ok(Event {
             kind,
             service: e.service.map(Service::try_from).transpose()?,
             revision: e.revision,
+            reason,
         })
     }
 }
@@ -79,6 +84,7 @@ async fn follow(client: SeaportClient, pattern: String, tx: mpsc::Sender<Result<
                 kind: EventKind::Reset,
                 service: None,
                 revision: 0,
+                reason: None,
             };
             if tx.send(Ok(reset)).await.is_err() {
                 return;

@@ -1,5 +1,5 @@
 //! The plaintext admin port: grpc.health.v1 and HTTP `/healthz` and
-//! `/readyz`, for Kubernetes probes, which send no client certificate even
+//! `/readyz` (GET and HEAD; any other path is 404), for Kubernetes probes, which send no client certificate even
 //! when the main port demands one.
 
 use axum::http::StatusCode;
@@ -29,7 +29,16 @@ pub async fn serve<T: Health>(
     let router = tonic::service::Routes::new(health)
         .into_axum_router()
         .route("/healthz", get(status.clone()))
-        .route("/readyz", get(status));
+        .route("/readyz", get(status))
+        // Not tonic's default (an HTTP 200 carrying UNIMPLEMENTED), so a
+        // mistyped probe path fails rather than passing. A known path with
+        // another method than GET or HEAD gets axum's 405.
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: use /healthz or /readyz\n",
+            )
+        });
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };

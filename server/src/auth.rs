@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use rustls::pki_types::CertificateDer;
 use seaport::{Role, RoleError};
 use serde::Deserialize;
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::registry::Actor;
@@ -145,7 +145,12 @@ impl Auth {
 
     /// The caller of `request`. Under mTLS a write (`write`) without a
     /// verified certificate, or a read when reads need one, is refused.
-    pub fn caller<T>(&self, request: &Request<T>, rpc: &str, write: bool) -> Result<Actor, Status> {
+    pub fn caller<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &'static str,
+        write: bool,
+    ) -> Result<Actor, Status> {
         if !self.mtls {
             return Ok(Actor::default());
         }
@@ -158,10 +163,16 @@ impl Auth {
                 identity,
             }),
             None if write || self.require_cert_for_reads => {
-                tracing::info!(rpc, "rejected: no client certificate");
-                Err(Status::unauthenticated(format!(
+                let message = format!(
                     "{rpc} needs a client certificate signed by this server's client CA; pass one (seaportctl --cert and --key)"
-                )))
+                );
+                crate::grpc::log_refusal(
+                    rpc,
+                    request.remote_addr(),
+                    Code::Unauthenticated,
+                    &message,
+                );
+                Err(Status::unauthenticated(message))
             }
             None => Ok(Actor::default()),
         }

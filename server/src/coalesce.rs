@@ -35,7 +35,7 @@ const BURST: Duration = Duration::from_millis(1);
 /// of up to 1 KiB into its own buffer instead of chaining them (from 256
 /// bytes), and a chained frame must be flushed before the next frame, such
 /// as the answer's trailers, can follow: a flush in mid-burst, which yields.
-pub struct Coalesced<T> {
+pub(crate) struct Coalesced<T> {
     inner: T,
     buf: Vec<u8>,
     /// How much of `buf` is already written.
@@ -48,7 +48,7 @@ pub struct Coalesced<T> {
 
 impl<T> Coalesced<T> {
     /// Wraps a connection.
-    pub fn new(inner: T) -> Self {
+    pub(crate) fn new(inner: T) -> Self {
         Coalesced {
             inner,
             buf: Vec::new(),

@@ -21,6 +21,17 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// HTTP/2 streams one connection may hold (watches are streams).
     pub max_concurrent_streams: u32,
+    /// Largest request message decoded, in bytes.
+    pub max_message_size: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Watch streams open at once, over all connections.
+    pub max_watchers: usize,
+    /// How long a new connection has for its TLS handshake and HTTP/2
+    /// preface.
+    pub handshake_timeout: Duration,
+    /// How long a connection with no open stream is kept.
+    pub idle_timeout: Duration,
     /// TLS (and, with a client CA, mTLS) for the main port.
     pub tls: Option<TlsFiles>,
     /// Policy file: who may register which names, who is admin.
@@ -37,6 +48,11 @@ impl Default for Config {
             drain_delay: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             max_concurrent_streams: 16_384,
+            max_message_size: 1024 * 1024,
+            max_connections: 10_000,
+            max_watchers: 100_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
             tls: None,
             policy: None,
             require_client_cert_for_reads: false,

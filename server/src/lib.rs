@@ -24,9 +24,7 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 pub use config::Config;
@@ -95,7 +93,7 @@ pub async fn run_with_admin(
     let (registry, _reaper) = Registry::new(config.limits.clone());
     register_self(&registry, &config, local)?;
 
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let health = tonic_health::server::HealthReporter::new();
     health.set_service_status("", ServingStatus::Serving).await;
     health
         .set_service_status(REGISTRY_SERVICE, ServingStatus::Serving)
@@ -108,6 +106,10 @@ pub async fn run_with_admin(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    // Health Watch streams end at shutdown like the registry's own.
+    let health_service = tonic_health::pb::health_server::HealthServer::new(
+        grpc::StoppingHealth::new(health.clone(), stop_rx.clone()),
+    );
     if let Some(admin) = admin {
         tracing::info!(admin = %admin.local_addr()?, "admin port serving health in plaintext");
         tokio::spawn(admin::serve(
@@ -117,37 +119,30 @@ pub async fn run_with_admin(
             stop_rx.clone(),
         ));
     }
-    if tls.is_some() || config.policy.is_some() {
-        reload::start(config.clone(), tls.clone(), auth.clone(), stop_rx.clone());
-    }
+    // Always: a SIGHUP must never end the process, even with nothing to
+    // reload.
+    reload::start(config.clone(), tls.clone(), auth.clone(), stop_rx.clone());
+    let registry_service = RegistryServer::new(RegistryService::new(
+        registry.clone(),
+        auth,
+        config.max_watchers,
+        stop_rx,
+    ))
+    .max_decoding_message_size(config.max_message_size);
     let routes = Routes::new(health_service)
         .add_service(reflection)
-        .add_service(RegistryServer::new(RegistryService::new(
-            registry.clone(),
-            auth,
-            stop_rx,
-        )));
+        .add_service(registry_service);
     let settings = serve::Settings {
         max_concurrent_streams: config.max_concurrent_streams,
         keepalive_interval: std::time::Duration::from_secs(30),
+        max_connections: config.max_connections,
+        handshake_timeout: config.handshake_timeout,
+        idle_timeout: config.idle_timeout,
     };
     let drained = async {
         let _ = drain_rx.await;
     };
-    let mut server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
-        Some(tls) => Box::pin(serve::serve(
-            routes,
-            tls::incoming(listener, tls),
-            settings,
-            drained,
-        )),
-        None => {
-            let incoming = TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(|accepted| accepted.map(coalesce::Coalesced::new));
-            Box::pin(serve::serve(routes, incoming, settings, drained))
-        }
-    };
+    let mut server = std::pin::pin!(serve::serve(routes, listener, tls, settings, drained));
     tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), tls = config.tls.is_some(), "seaportd serving");
 
     tokio::select! {
@@ -190,16 +185,12 @@ fn register_self(
         None if local.ip().is_unspecified() => "127.0.0.1".to_string(),
         None => local.ip().to_string(),
     };
-    let session_id = registry.open_pinned_session(host);
-    registry.register(
-        NewService {
-            session_id,
-            role: format!("seaport@{}", env!("CARGO_PKG_VERSION")),
-            port: u32::from(local.port()),
-            metadata: [("grpc".to_string(), REGISTRY_SERVICE.to_string())].into(),
-            ..Default::default()
-        },
-        &registry::Actor::default(),
-    )?;
+    registry.register_server(NewService {
+        role: format!("seaport@{}", env!("CARGO_PKG_VERSION")),
+        host,
+        port: u32::from(local.port()),
+        metadata: vec![("grpc".to_string(), REGISTRY_SERVICE.to_string())],
+        ..Default::default()
+    })?;
     Ok(())
 }

@@ -73,6 +73,21 @@ struct Args {
     /// HTTP/2 streams one connection may hold (each watch is one).
     #[arg(long, env = "SEAPORT_MAX_CONCURRENT_STREAMS", default_value_t = 16_384)]
     max_concurrent_streams: u32,
+    /// Largest request message decoded, in bytes; larger ones are refused unread.
+    #[arg(long, env = "SEAPORT_MAX_MESSAGE_SIZE", default_value_t = 1024 * 1024)]
+    max_message_size: usize,
+    /// Connections served at once; more are closed as they arrive.
+    #[arg(long, env = "SEAPORT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Watch streams open at once, over all connections.
+    #[arg(long, env = "SEAPORT_MAX_WATCHERS", default_value_t = 100_000)]
+    max_watchers: usize,
+    /// How long a new connection has for its TLS handshake and HTTP/2 preface.
+    #[arg(long, env = "SEAPORT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// How long a connection with no open call is kept.
+    #[arg(long, env = "SEAPORT_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    idle_timeout: Duration,
     /// PEM certificate chain for TLS on the main port.
     #[arg(long, env = "SEAPORT_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -146,6 +161,14 @@ impl Args {
                 "--max-concurrent-streams",
                 self.max_concurrent_streams as usize,
             ),
+            ("--max-message-size", self.max_message_size),
+            ("--max-connections", self.max_connections),
+            ("--max-watchers", self.max_watchers),
+            (
+                "--handshake-timeout",
+                self.handshake_timeout.as_millis() as usize,
+            ),
+            ("--idle-timeout", self.idle_timeout.as_millis() as usize),
         ] {
             if value == 0 {
                 return Err(usage(format!("{flag} must be at least 1")));
@@ -175,6 +198,11 @@ impl Args {
             drain_delay: self.drain_delay,
             shutdown_grace: self.shutdown_grace,
             max_concurrent_streams: self.max_concurrent_streams,
+            max_message_size: self.max_message_size,
+            max_connections: self.max_connections,
+            max_watchers: self.max_watchers,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
             tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles {
                 cert,
                 key,

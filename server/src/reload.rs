@@ -1,6 +1,7 @@
 //! Certificate, client CA and policy rotation without dropping sessions:
 //! on SIGHUP, and when a file's modification time changes. A broken new
-//! file is reported and the configuration in force stays.
+//! file is reported and the configuration in force stays. A SIGHUP never
+//! ends seaportd, even when there is nothing to reload.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,11 +92,15 @@ async fn watch(
     loop {
         tokio::select! {
             _ = hup.recv() => {
+                if files.is_empty() {
+                    tracing::info!("SIGHUP: nothing to reload (no TLS files or policy configured); still serving");
+                    continue;
+                }
                 tracing::info!("SIGHUP: reloading");
                 seen = stamps(&files);
                 reload(&config, tls.as_ref(), &auth);
             }
-            _ = poll.tick() => {
+            _ = poll.tick(), if !files.is_empty() => {
                 let now = stamps(&files);
                 if now != seen {
                     seen = now;

@@ -12,41 +12,64 @@
 //! woke itself again at once.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_stream::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tower::ServiceExt;
 
-/// The HTTP/2 settings we serve with.
+use crate::coalesce::Coalesced;
+use crate::tls::SharedTlsConfig;
+
+/// How connections are accepted and served.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Settings {
     /// Streams one connection may have open at once.
     pub max_concurrent_streams: u32,
     /// How often an idle connection is pinged.
     pub keepalive_interval: Duration,
+    /// Connections served at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// How long a new connection has to complete its TLS handshake and
+    /// send the HTTP/2 preface.
+    pub handshake_timeout: Duration,
+    /// How long a connection with no open stream is kept.
+    pub idle_timeout: Duration,
 }
 
-/// Serves `routes` on every connection `incoming` yields until `shutdown`
-/// completes; then stops accepting, asks every connection to finish its
-/// calls (HTTP/2 GOAWAY) and returns once they all have.
-pub(crate) async fn serve<I, IO>(
+/// The HTTP/2 client preface every gRPC connection starts with.
+const PREFACE_LEN: u64 = 24;
+
+/// Longest pause after an accept error such as EMFILE: short enough that
+/// the server answers again soon after descriptors free up.
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_millis(500);
+
+/// How often a repeated warning (accept errors, refused connections) is
+/// logged at most.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Serves `routes` on every connection accepted from `listener` (over TLS
+/// when `tls` is set) until `shutdown` completes; then stops accepting,
+/// asks every connection to finish its calls (HTTP/2 GOAWAY) and returns
+/// once they all have.
+pub(crate) async fn serve(
     routes: Routes,
-    incoming: I,
+    listener: TcpListener,
+    tls: Option<SharedTlsConfig>,
     settings: Settings,
     shutdown: impl Future<Output = ()>,
-) where
-    I: Stream<Item = std::io::Result<IO>>,
-    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-{
+) {
     // Everything else keeps hyper's defaults. tonic passed `None` for some,
     // which for locally reset streams switched off hyper's limit of 1024,
     // a guard against reset floods (RUSTSEC-2024-0003).
@@ -54,66 +77,348 @@ pub(crate) async fn serve<I, IO>(
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.max_concurrent_streams)
-        .keep_alive_interval(settings.keepalive_interval);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
-    accept(routes.prepare(), incoming, &builder, stop_rx, shutdown).await;
+        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_interval);
+    let (stop_tx, stop_rx) = watch::channel(());
+    let server = Server {
+        routes: routes.prepare(),
+        builder,
+        tls,
+        settings,
+        stop: stop_rx,
+    };
+    server.accept(listener, shutdown).await;
     let _ = stop_tx.send(());
     stop_tx.closed().await;
 }
 
-/// Serves each connection accepted until `shutdown`, each on a task that
-/// holds a clone of `stop` until the connection ends. Returning drops
-/// `incoming`, so the listener closes at once and new clients are refused
-/// rather than left waiting.
-async fn accept<I, IO>(
+/// What every connection's task needs.
+struct Server {
     routes: Routes,
-    incoming: I,
-    builder: &hyper::server::conn::http2::Builder<Executor>,
-    stop: tokio::sync::watch::Receiver<()>,
-    shutdown: impl Future<Output = ()>,
-) where
-    I: Stream<Item = std::io::Result<IO>>,
-    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-{
-    let mut incoming = std::pin::pin!(incoming);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let io = tokio::select! {
-            _ = &mut shutdown => return,
-            io = incoming.next() => match io {
-                Some(Ok(io)) => io,
-                Some(Err(e)) => {
-                    tracing::debug!("accept failed: {e}");
+    builder: hyper::server::conn::http2::Builder<Executor>,
+    tls: Option<SharedTlsConfig>,
+    settings: Settings,
+    /// Changes when the server stops; each connection holds a clone.
+    stop: watch::Receiver<()>,
+}
+
+/// Counts occurrences of a warning and logs it at most once per
+/// [`WARN_EVERY`], with how many there were since.
+struct Throttled {
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl Throttled {
+    fn new() -> Self {
+        Throttled {
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// Counts one; true when it should be logged now, with `self.count`.
+    fn hit(&mut self) -> bool {
+        self.count += 1;
+        let due = self.last.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+        if due {
+            self.last = Some(Instant::now());
+        }
+        due
+    }
+
+    fn take(&mut self) -> u64 {
+        std::mem::take(&mut self.count)
+    }
+}
+
+/// True for accept errors about one connection (it went away before it
+/// was accepted); any other, such as EMFILE, is about the process or the
+/// system, and retrying at once would spin.
+fn per_connection(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+    )
+}
+
+impl Server {
+    /// Accepts until `shutdown`. Returning drops the listener, so it closes
+    /// at once and new clients are refused rather than left waiting.
+    async fn accept(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let server = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(server.settings.max_connections));
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut pause = Duration::ZERO;
+        let (mut errors, mut refusals) = (Throttled::new(), Throttled::new());
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut shutdown => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(pair) => {
+                    pause = Duration::ZERO;
+                    pair
+                }
+                Err(e) => {
+                    // Out of descriptors the listener stays readable, so
+                    // accepting again at once would spin: back off.
+                    if !per_connection(&e) {
+                        pause = (pause * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_PAUSE);
+                    }
+                    if errors.hit() {
+                        tracing::warn!(
+                            errors = errors.take(),
+                            "accepting connections failed: {e}; backing off"
+                        );
+                    }
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                     continue;
                 }
-                None => return,
-            },
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                if refusals.hit() {
+                    tracing::warn!(%peer, refused = refusals.take(), limit = server.settings.max_connections,
+                        "connection refused: at --max-connections");
+                }
+                continue;
+            };
+            let server = server.clone();
+            tokio::spawn(async move {
+                server.connection(tcp, peer).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Completes the handshakes of one connection, then serves it.
+    async fn connection(&self, tcp: TcpStream, peer: std::net::SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let tcp = Coalesced::new(tcp);
+        let Some(tls) = &self.tls else {
+            return self.http2(Watched::new(tcp)).await;
         };
+        let acceptor = crate::tls::acceptor(tls);
+        match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => self.http2(Watched::new(stream)).await,
+            Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+        }
+    }
+
+    /// Serves HTTP/2 on `io` until it ends, the server stops, the client
+    /// sends no preface in time, or it has had no stream for the idle
+    /// timeout.
+    async fn http2<IO>(&self, io: Watched<IO>)
+    where
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    {
         // What tonic's `Server` adds to each request: the peer's address
         // and, under TLS, its certificates (`Request::peer_certs`).
-        let info = io.connect_info();
-        let routes = routes.clone();
+        let info = io.inner.connect_info();
+        let activity = io.activity.clone();
+        let routes = self.routes.clone();
+        let tracked = activity.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut request = request.map(tonic::body::Body::new);
             request.extensions_mut().insert(info.clone());
-            routes.clone().oneshot(request)
-        });
-        let connection = builder.serve_connection(TokioIo::new(io), service);
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = &mut connection => return log_end(result),
-                _ = stop.changed() => connection.as_mut().graceful_shutdown(),
+            let stream = StreamGuard::new(tracked.clone());
+            let answer = routes.clone().oneshot(request);
+            async move {
+                let response = answer.await?;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| tonic::body::Body::new(Guarded { body, stream })),
+                )
             }
-            log_end(connection.await);
         });
+        let connection = self.builder.serve_connection(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        let mut stop = self.stop.clone();
+        let no_preface = async {
+            tokio::time::sleep(self.settings.handshake_timeout).await;
+            if activity.read.load(SeqCst) >= PREFACE_LEN {
+                std::future::pending::<()>().await;
+            }
+        };
+        let idle = tokio::select! {
+            result = &mut connection => return log_end(result),
+            _ = stop.changed() => false,
+            _ = no_preface => return,
+            _ = activity.idle(self.settings.idle_timeout) => true,
+        };
+        connection.as_mut().graceful_shutdown();
+        if !idle {
+            return log_end(connection.await);
+        }
+        // An idle client that does not answer the GOAWAY's ping is closed
+        // all the same.
+        if let Ok(result) = tokio::time::timeout(self.settings.handshake_timeout, connection).await
+        {
+            log_end(result);
+        }
     }
 }
 
 fn log_end(result: hyper::Result<()>) {
     if let Err(e) = result {
         tracing::debug!("connection ended: {e}");
+    }
+}
+
+/// What a connection has done, for the preface and idle timeouts.
+#[derive(Default)]
+struct Activity {
+    /// Bytes read from the client.
+    read: AtomicU64,
+    /// Streams open now.
+    streams: AtomicUsize,
+    /// When the last stream ended, in milliseconds since `since`.
+    last_end_ms: AtomicU64,
+    since: Option<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            since: Some(Instant::now()),
+            ..Activity::default()
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.since.map_or(0, |s| s.elapsed().as_millis() as u64)
+    }
+
+    /// Completes once the connection has had no open stream for `timeout`.
+    async fn idle(&self, timeout: Duration) {
+        let timeout_ms = timeout.as_millis() as u64;
+        loop {
+            let idle_for = self.now_ms().saturating_sub(self.last_end_ms.load(SeqCst));
+            if self.streams.load(SeqCst) == 0 && idle_for >= timeout_ms {
+                return;
+            }
+            let wait = if self.streams.load(SeqCst) == 0 {
+                timeout_ms - idle_for
+            } else {
+                timeout_ms
+            };
+            tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
+        }
+    }
+}
+
+/// One open stream of a connection, counted until its response ends.
+struct StreamGuard(Arc<Activity>);
+
+impl StreamGuard {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.streams.fetch_add(1, SeqCst);
+        StreamGuard(activity)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity.last_end_ms.store(activity.now_ms(), SeqCst);
+        activity.streams.fetch_sub(1, SeqCst);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its stream's guard until it is done.
+    struct Guarded {
+        #[pin]
+        body: tonic::body::Body,
+        stream: StreamGuard,
+    }
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = <tonic::body::Body as hyper::body::Body>::Data;
+    type Error = <tonic::body::Body as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection whose reads are counted, so a client that never sends the
+/// HTTP/2 preface can be told apart.
+struct Watched<IO> {
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO> Watched<IO> {
+    fn new(inner: IO) -> Self {
+        Watched {
+            inner,
+            activity: Arc::new(Activity::new()),
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        // Only the first bytes matter (the preface); stop counting after.
+        if read > 0 && self.activity.read.load(SeqCst) < PREFACE_LEN {
+            self.activity.read.fetch_add(read, SeqCst);
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 

@@ -6,21 +6,12 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use crate::coalesce::Coalesced;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
-
-/// How long a client has to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the server's certificate, key and client CA live.
 #[derive(Clone, Debug)]
@@ -98,36 +89,7 @@ impl TlsFiles {
 /// The TLS config in force; replaced whole on reload.
 pub type SharedTlsConfig = Arc<RwLock<Arc<ServerConfig>>>;
 
-/// Accepts TCP connections and completes their handshakes concurrently
-/// (one slow client delays nobody), yielding TLS streams for tonic.
-pub fn incoming(
-    listener: TcpListener,
-    config: SharedTlsConfig,
-) -> ReceiverStream<std::io::Result<TlsStream<Coalesced<TcpStream>>>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = tx.closed() => return,
-            };
-            let Ok((tcp, peer)) = accepted else { continue };
-            let _ = tcp.set_nodelay(true);
-            let acceptor =
-                TlsAcceptor::from(config.read().unwrap_or_else(|e| e.into_inner()).clone());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Coalesced::new(tcp)))
-                    .await
-                {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
+/// An acceptor with the TLS config in force now, for one new connection.
+pub(crate) fn acceptor(config: &SharedTlsConfig) -> TlsAcceptor {
+    TlsAcceptor::from(config.read().unwrap_or_else(|e| e.into_inner()).clone())
 }

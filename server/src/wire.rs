@@ -32,7 +32,8 @@ impl Default for Service {
     }
 }
 
-/// Field numbers of `seaport.v1.Service`.
+/// Field numbers of `seaport.v1.Service`. Field 9 is reserved: it held
+/// the session id, which no answer may carry.
 mod tag {
     pub(super) const ID: u32 = 1;
     pub(super) const NAME: u32 = 2;
@@ -42,7 +43,6 @@ mod tag {
     pub(super) const METADATA: u32 = 6;
     pub(super) const NAMESPACE: u32 = 7;
     pub(super) const OWNER: u32 = 8;
-    pub(super) const SESSION_ID: u32 = 9;
     pub(super) const CREATE_REVISION: u32 = 10;
     pub(super) const MOD_REVISION: u32 = 11;
 }
@@ -138,7 +138,6 @@ impl prost::Message for Service {
         }
         put_string(tag::NAMESPACE, &s.namespace, buf);
         put_string(tag::OWNER, &s.owner, buf);
-        put_string(tag::SESSION_ID, &s.session_id, buf);
         if s.create_revision != 0 {
             uint64::encode(tag::CREATE_REVISION, &s.create_revision, buf);
         }
@@ -179,7 +178,6 @@ impl prost::Message for Service {
             + metadata
             + string_len(tag::NAMESPACE, &s.namespace)
             + string_len(tag::OWNER, &s.owner)
-            + string_len(tag::SESSION_ID, &s.session_id)
             + revisions
     }
 

@@ -173,15 +173,29 @@ impl Session {
     }
 
     /// Closes the session; returns how many registrations were freed.
+    /// The stream ends after `closed`, as the proto says.
     pub(crate) async fn close(mut self) -> u32 {
         self.tx
             .send(msg(In::Close(pb::CloseSession {})))
             .await
             .unwrap();
-        match self.next().await {
+        let freed = match self.next().await {
             Ok(Some(Out::Closed(c))) => c.freed,
             other => panic!("expected closed, got {other:?}"),
-        }
+        };
+        let after = self.next().await;
+        assert!(
+            matches!(after, Ok(None)),
+            "the stream ends after closed: {after:?}"
+        );
+        freed
+    }
+
+    /// Half-closes the client's side; the stream must then end.
+    pub(crate) async fn half_close(mut self) -> Result<Option<Out>, Status> {
+        let (tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, tx));
+        self.next().await
     }
 
     pub(crate) async fn send(&self, kind: In) {

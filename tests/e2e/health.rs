@@ -138,3 +138,50 @@ async fn reflection_lists_the_registry_and_health_services() {
         "{names:?}"
     );
 }
+
+/// The status line of an HTTP/1.1 request to `addr`.
+async fn http_status(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn the_admin_port_answers_its_probe_paths_only() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(seaport_server::run_with_admin(
+        listener,
+        Some(admin),
+        test_config(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    for (method, path, expected) in [
+        ("GET", "/healthz", "HTTP/1.1 200 OK"),
+        ("GET", "/readyz", "HTTP/1.1 200 OK"),
+        ("HEAD", "/healthz", "HTTP/1.1 200 OK"),
+        ("GET", "/healthy", "HTTP/1.1 404 Not Found"),
+        ("GET", "/", "HTTP/1.1 404 Not Found"),
+        ("POST", "/healthz", "HTTP/1.1 405 Method Not Allowed"),
+        ("DELETE", "/readyz", "HTTP/1.1 405 Method Not Allowed"),
+    ] {
+        assert_eq!(
+            http_status(admin_addr, method, path).await,
+            expected,
+            "{method} {path}"
+        );
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

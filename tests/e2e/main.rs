@@ -4,6 +4,7 @@ mod harness;
 
 mod client;
 
+mod hardening;
 mod health;
 mod ports;
 mod query;

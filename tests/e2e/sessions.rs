@@ -142,11 +142,7 @@ async fn the_first_message_must_open_or_resume() {
         }),
     )
     .await;
-    assert_status(
-        r.map(|s| s.id),
-        Code::NotFound,
-        "session \"nope\" is not open",
-    );
+    assert_status(r.map(|s| s.id), Code::NotFound, "the session is not open");
 }
 
 #[tokio::test]

@@ -43,6 +43,67 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// FreeReason says why a registration was freed.
+type FreeReason int32
+
+const (
+	// Not a free, or the service left the watched set by an update.
+	FreeReason_FREE_REASON_UNSPECIFIED FreeReason = 0
+	// Its owner freed it.
+	FreeReason_FREE_REASON_OWNER FreeReason = 1
+	// Its session was closed by its client.
+	FreeReason_FREE_REASON_CLOSED FreeReason = 2
+	// Its session's ttl passed with no heartbeat.
+	FreeReason_FREE_REASON_EXPIRED FreeReason = 3
+	// An admin freed it; final, its owner does not register it again.
+	FreeReason_FREE_REASON_ADMIN FreeReason = 4
+)
+
+// Enum value maps for FreeReason.
+var (
+	FreeReason_name = map[int32]string{
+		0: "FREE_REASON_UNSPECIFIED",
+		1: "FREE_REASON_OWNER",
+		2: "FREE_REASON_CLOSED",
+		3: "FREE_REASON_EXPIRED",
+		4: "FREE_REASON_ADMIN",
+	}
+	FreeReason_value = map[string]int32{
+		"FREE_REASON_UNSPECIFIED": 0,
+		"FREE_REASON_OWNER":       1,
+		"FREE_REASON_CLOSED":      2,
+		"FREE_REASON_EXPIRED":     3,
+		"FREE_REASON_ADMIN":       4,
+	}
+)
+
+func (x FreeReason) Enum() *FreeReason {
+	p := new(FreeReason)
+	*p = x
+	return p
+}
+
+func (x FreeReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FreeReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_seaport_v1_seaport_proto_enumTypes[0].Descriptor()
+}
+
+func (FreeReason) Type() protoreflect.EnumType {
+	return &file_seaport_v1_seaport_proto_enumTypes[0]
+}
+
+func (x FreeReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FreeReason.Descriptor instead.
+func (FreeReason) EnumDescriptor() ([]byte, []int) {
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{0}
+}
+
 // What happened.
 type WatchEvent_Kind int32
 
@@ -96,11 +157,11 @@ func (x WatchEvent_Kind) String() string {
 }
 
 func (WatchEvent_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_seaport_v1_seaport_proto_enumTypes[0].Descriptor()
+	return file_seaport_v1_seaport_proto_enumTypes[1].Descriptor()
 }
 
 func (WatchEvent_Kind) Type() protoreflect.EnumType {
-	return &file_seaport_v1_seaport_proto_enumTypes[0]
+	return &file_seaport_v1_seaport_proto_enumTypes[1]
 }
 
 func (x WatchEvent_Kind) Number() protoreflect.EnumNumber {
@@ -109,7 +170,7 @@ func (x WatchEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Kind.Descriptor instead.
 func (WatchEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{21, 0}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{22, 0}
 }
 
 // Service is one registration.
@@ -132,8 +193,6 @@ type Service struct {
 	// Identity that registered it: the client certificate's identity under
 	// mTLS, empty without.
 	Owner string `protobuf:"bytes,8,opt,name=owner,proto3" json:"owner,omitempty"`
-	// Id of the session that holds it.
-	SessionId string `protobuf:"bytes,9,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// Revision at which it was registered.
 	CreateRevision uint64 `protobuf:"varint,10,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
 	// Revision of its last change (register or update).
@@ -224,13 +283,6 @@ func (x *Service) GetNamespace() string {
 func (x *Service) GetOwner() string {
 	if x != nil {
 		return x.Owner
-	}
-	return ""
-}
-
-func (x *Service) GetSessionId() string {
-	if x != nil {
-		return x.SessionId
 	}
 	return ""
 }
@@ -563,6 +615,7 @@ type HeartbeatResponse struct {
 	//	*HeartbeatResponse_Opened
 	//	*HeartbeatResponse_Pong
 	//	*HeartbeatResponse_Closed
+	//	*HeartbeatResponse_Evicted
 	Kind          isHeartbeatResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -632,6 +685,15 @@ func (x *HeartbeatResponse) GetClosed() *SessionClosed {
 	return nil
 }
 
+func (x *HeartbeatResponse) GetEvicted() *Evicted {
+	if x != nil {
+		if x, ok := x.Kind.(*HeartbeatResponse_Evicted); ok {
+			return x.Evicted
+		}
+	}
+	return nil
+}
+
 type isHeartbeatResponse_Kind interface {
 	isHeartbeatResponse_Kind()
 }
@@ -651,11 +713,19 @@ type HeartbeatResponse_Closed struct {
 	Closed *SessionClosed `protobuf:"bytes,3,opt,name=closed,proto3,oneof"`
 }
 
+type HeartbeatResponse_Evicted struct {
+	// An admin freed one of the session's registrations. That is final:
+	// the client must not register it again.
+	Evicted *Evicted `protobuf:"bytes,4,opt,name=evicted,proto3,oneof"`
+}
+
 func (*HeartbeatResponse_Opened) isHeartbeatResponse_Kind() {}
 
 func (*HeartbeatResponse_Pong) isHeartbeatResponse_Kind() {}
 
 func (*HeartbeatResponse_Closed) isHeartbeatResponse_Kind() {}
+
+func (*HeartbeatResponse_Evicted) isHeartbeatResponse_Kind() {}
 
 // SessionOpened tells the client about its session.
 type SessionOpened struct {
@@ -786,6 +856,61 @@ func (x *Pong) GetSeq() uint64 {
 	return 0
 }
 
+// Evicted tells a session's holder that an admin freed a registration.
+type Evicted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the registration freed.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Identity of the admin who freed it.
+	By            string `protobuf:"bytes,2,opt,name=by,proto3" json:"by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Evicted) Reset() {
+	*x = Evicted{}
+	mi := &file_seaport_v1_seaport_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Evicted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Evicted) ProtoMessage() {}
+
+func (x *Evicted) ProtoReflect() protoreflect.Message {
+	mi := &file_seaport_v1_seaport_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Evicted.ProtoReflect.Descriptor instead.
+func (*Evicted) Descriptor() ([]byte, []int) {
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Evicted) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Evicted) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
 // SessionClosed confirms a CloseSession.
 type SessionClosed struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -797,7 +922,7 @@ type SessionClosed struct {
 
 func (x *SessionClosed) Reset() {
 	*x = SessionClosed{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[9]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +934,7 @@ func (x *SessionClosed) String() string {
 func (*SessionClosed) ProtoMessage() {}
 
 func (x *SessionClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[9]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +947,7 @@ func (x *SessionClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionClosed.ProtoReflect.Descriptor instead.
 func (*SessionClosed) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{9}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SessionClosed) GetFreed() uint32 {
@@ -855,7 +980,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[10]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +992,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[10]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +1005,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{10}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterRequest) GetSessionId() string {
@@ -943,7 +1068,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[11]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1080,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[11]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1093,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{11}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegisterResponse) GetService() *Service {
@@ -998,7 +1123,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[12]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1010,7 +1135,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[12]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1023,7 +1148,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{12}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateRequest) GetSessionId() string {
@@ -1072,7 +1197,7 @@ type UpdateResponse struct {
 
 func (x *UpdateResponse) Reset() {
 	*x = UpdateResponse{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[13]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1209,7 @@ func (x *UpdateResponse) String() string {
 func (*UpdateResponse) ProtoMessage() {}
 
 func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[13]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1222,7 @@ func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResponse.ProtoReflect.Descriptor instead.
 func (*UpdateResponse) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{13}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateResponse) GetService() *Service {
@@ -1120,7 +1245,7 @@ type FreeRequest struct {
 
 func (x *FreeRequest) Reset() {
 	*x = FreeRequest{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[14]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1257,7 @@ func (x *FreeRequest) String() string {
 func (*FreeRequest) ProtoMessage() {}
 
 func (x *FreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[14]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1270,7 @@ func (x *FreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeRequest.ProtoReflect.Descriptor instead.
 func (*FreeRequest) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{14}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FreeRequest) GetSessionId() string {
@@ -1173,7 +1298,7 @@ type FreeResponse struct {
 
 func (x *FreeResponse) Reset() {
 	*x = FreeResponse{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[15]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1310,7 @@ func (x *FreeResponse) String() string {
 func (*FreeResponse) ProtoMessage() {}
 
 func (x *FreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[15]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1323,7 @@ func (x *FreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeResponse.ProtoReflect.Descriptor instead.
 func (*FreeResponse) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{15}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FreeResponse) GetService() *Service {
@@ -1223,7 +1348,7 @@ type QueryRequest struct {
 
 func (x *QueryRequest) Reset() {
 	*x = QueryRequest{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[16]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1360,7 @@ func (x *QueryRequest) String() string {
 func (*QueryRequest) ProtoMessage() {}
 
 func (x *QueryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[16]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1373,7 @@ func (x *QueryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryRequest.ProtoReflect.Descriptor instead.
 func (*QueryRequest) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{16}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *QueryRequest) GetPattern() string {
@@ -1285,7 +1410,7 @@ type QueryResponse struct {
 
 func (x *QueryResponse) Reset() {
 	*x = QueryResponse{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[17]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1422,7 @@ func (x *QueryResponse) String() string {
 func (*QueryResponse) ProtoMessage() {}
 
 func (x *QueryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[17]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1435,7 @@ func (x *QueryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryResponse.ProtoReflect.Descriptor instead.
 func (*QueryResponse) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{17}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *QueryResponse) GetServices() []*Service {
@@ -1344,7 +1469,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[18]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1481,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[18]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1494,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{18}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetRequest) GetPattern() string {
@@ -1413,7 +1538,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[19]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1550,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[19]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1563,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{19}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetResponse) GetServices() []*Service {
@@ -1474,7 +1599,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[20]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1486,7 +1611,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[20]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1499,7 +1624,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{20}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchRequest) GetPattern() string {
@@ -1539,14 +1664,16 @@ type WatchEvent struct {
 	Service *Service `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
 	// Revision of the change; for EXISTING, SYNCED and RESET the revision
 	// the snapshot reflects.
-	Revision      uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	// For FREED: why the registration went away.
+	Reason        FreeReason `protobuf:"varint,4,opt,name=reason,proto3,enum=seaport.v1.FreeReason" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[21]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1685,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[21]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1698,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{21}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchEvent) GetKind() WatchEvent_Kind {
@@ -1595,12 +1722,19 @@ func (x *WatchEvent) GetRevision() uint64 {
 	return 0
 }
 
+func (x *WatchEvent) GetReason() FreeReason {
+	if x != nil {
+		return x.Reason
+	}
+	return FreeReason_FREE_REASON_UNSPECIFIED
+}
+
 var File_seaport_v1_seaport_proto protoreflect.FileDescriptor
 
 const file_seaport_v1_seaport_proto_rawDesc = "" +
 	"\n" +
 	"\x18seaport/v1/seaport.proto\x12\n" +
-	"seaport.v1\"\x8a\x03\n" +
+	"seaport.v1\"\xfd\x02\n" +
 	"\aService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1609,15 +1743,15 @@ const file_seaport_v1_seaport_proto_rawDesc = "" +
 	"\x04port\x18\x05 \x01(\rR\x04port\x12=\n" +
 	"\bmetadata\x18\x06 \x03(\v2!.seaport.v1.Service.MetadataEntryR\bmetadata\x12\x1c\n" +
 	"\tnamespace\x18\a \x01(\tR\tnamespace\x12\x14\n" +
-	"\x05owner\x18\b \x01(\tR\x05owner\x12\x1d\n" +
-	"\n" +
-	"session_id\x18\t \x01(\tR\tsessionId\x12'\n" +
+	"\x05owner\x18\b \x01(\tR\x05owner\x12'\n" +
 	"\x0fcreate_revision\x18\n" +
 	" \x01(\x04R\x0ecreateRevision\x12!\n" +
 	"\fmod_revision\x18\v \x01(\x04R\vmodRevision\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd8\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\t\x10\n" +
+	"R\n" +
+	"session_id\"\xd8\x01\n" +
 	"\x10HeartbeatRequest\x12-\n" +
 	"\x04open\x18\x01 \x01(\v2\x17.seaport.v1.OpenSessionH\x00R\x04open\x123\n" +
 	"\x06resume\x18\x02 \x01(\v2\x19.seaport.v1.ResumeSessionH\x00R\x06resume\x12&\n" +
@@ -1633,11 +1767,12 @@ const file_seaport_v1_seaport_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"\x18\n" +
 	"\x04Ping\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x0e\n" +
-	"\fCloseSession\"\xad\x01\n" +
+	"\fCloseSession\"\xde\x01\n" +
 	"\x11HeartbeatResponse\x123\n" +
 	"\x06opened\x18\x01 \x01(\v2\x19.seaport.v1.SessionOpenedH\x00R\x06opened\x12&\n" +
 	"\x04pong\x18\x02 \x01(\v2\x10.seaport.v1.PongH\x00R\x04pong\x123\n" +
-	"\x06closed\x18\x03 \x01(\v2\x19.seaport.v1.SessionClosedH\x00R\x06closedB\x06\n" +
+	"\x06closed\x18\x03 \x01(\v2\x19.seaport.v1.SessionClosedH\x00R\x06closed\x12/\n" +
+	"\aevicted\x18\x04 \x01(\v2\x13.seaport.v1.EvictedH\x00R\aevictedB\x06\n" +
 	"\x04kind\"\xab\x01\n" +
 	"\rSessionOpened\x12\x1d\n" +
 	"\n" +
@@ -1647,7 +1782,10 @@ const file_seaport_v1_seaport_proto_rawDesc = "" +
 	"\aresumed\x18\x04 \x01(\bR\aresumed\x12%\n" +
 	"\x0eserver_version\x18\x05 \x01(\tR\rserverVersion\"\x18\n" +
 	"\x04Pong\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"%\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\")\n" +
+	"\aEvicted\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
+	"\x02by\x18\x02 \x01(\tR\x02by\"%\n" +
 	"\rSessionClosed\x12\x14\n" +
 	"\x05freed\x18\x01 \x01(\rR\x05freed\"\x9e\x02\n" +
 	"\x0fRegisterRequest\x12\x1d\n" +
@@ -1713,12 +1851,13 @@ const file_seaport_v1_seaport_proto_rawDesc = "" +
 	"\x0esince_revision\x18\x04 \x01(\x04R\rsinceRevision\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf3\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa3\x02\n" +
 	"\n" +
 	"WatchEvent\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.seaport.v1.WatchEvent.KindR\x04kind\x12-\n" +
 	"\aservice\x18\x02 \x01(\v2\x13.seaport.v1.ServiceR\aservice\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"i\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\x12.\n" +
+	"\x06reason\x18\x04 \x01(\x0e2\x16.seaport.v1.FreeReasonR\x06reason\"i\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bEXISTING\x10\x01\x12\n" +
@@ -1728,7 +1867,14 @@ const file_seaport_v1_seaport_proto_rawDesc = "" +
 	"REGISTERED\x10\x03\x12\v\n" +
 	"\aUPDATED\x10\x04\x12\t\n" +
 	"\x05FREED\x10\x05\x12\t\n" +
-	"\x05RESET\x10\x062\xce\x03\n" +
+	"\x05RESET\x10\x06*\x88\x01\n" +
+	"\n" +
+	"FreeReason\x12\x1b\n" +
+	"\x17FREE_REASON_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11FREE_REASON_OWNER\x10\x01\x12\x16\n" +
+	"\x12FREE_REASON_CLOSED\x10\x02\x12\x17\n" +
+	"\x13FREE_REASON_EXPIRED\x10\x03\x12\x15\n" +
+	"\x11FREE_REASON_ADMIN\x10\x042\xce\x03\n" +
 	"\bRegistry\x12L\n" +
 	"\tHeartbeat\x12\x1c.seaport.v1.HeartbeatRequest\x1a\x1d.seaport.v1.HeartbeatResponse(\x010\x01\x12E\n" +
 	"\bRegister\x12\x1b.seaport.v1.RegisterRequest\x1a\x1c.seaport.v1.RegisterResponse\x12?\n" +
@@ -1752,79 +1898,83 @@ func file_seaport_v1_seaport_proto_rawDescGZIP() []byte {
 	return file_seaport_v1_seaport_proto_rawDescData
 }
 
-var file_seaport_v1_seaport_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_seaport_v1_seaport_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_seaport_v1_seaport_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_seaport_v1_seaport_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_seaport_v1_seaport_proto_goTypes = []any{
-	(WatchEvent_Kind)(0),      // 0: seaport.v1.WatchEvent.Kind
-	(*Service)(nil),           // 1: seaport.v1.Service
-	(*HeartbeatRequest)(nil),  // 2: seaport.v1.HeartbeatRequest
-	(*OpenSession)(nil),       // 3: seaport.v1.OpenSession
-	(*ResumeSession)(nil),     // 4: seaport.v1.ResumeSession
-	(*Ping)(nil),              // 5: seaport.v1.Ping
-	(*CloseSession)(nil),      // 6: seaport.v1.CloseSession
-	(*HeartbeatResponse)(nil), // 7: seaport.v1.HeartbeatResponse
-	(*SessionOpened)(nil),     // 8: seaport.v1.SessionOpened
-	(*Pong)(nil),              // 9: seaport.v1.Pong
-	(*SessionClosed)(nil),     // 10: seaport.v1.SessionClosed
-	(*RegisterRequest)(nil),   // 11: seaport.v1.RegisterRequest
-	(*RegisterResponse)(nil),  // 12: seaport.v1.RegisterResponse
-	(*UpdateRequest)(nil),     // 13: seaport.v1.UpdateRequest
-	(*UpdateResponse)(nil),    // 14: seaport.v1.UpdateResponse
-	(*FreeRequest)(nil),       // 15: seaport.v1.FreeRequest
-	(*FreeResponse)(nil),      // 16: seaport.v1.FreeResponse
-	(*QueryRequest)(nil),      // 17: seaport.v1.QueryRequest
-	(*QueryResponse)(nil),     // 18: seaport.v1.QueryResponse
-	(*GetRequest)(nil),        // 19: seaport.v1.GetRequest
-	(*GetResponse)(nil),       // 20: seaport.v1.GetResponse
-	(*WatchRequest)(nil),      // 21: seaport.v1.WatchRequest
-	(*WatchEvent)(nil),        // 22: seaport.v1.WatchEvent
-	nil,                       // 23: seaport.v1.Service.MetadataEntry
-	nil,                       // 24: seaport.v1.RegisterRequest.MetadataEntry
-	nil,                       // 25: seaport.v1.UpdateRequest.MetadataEntry
-	nil,                       // 26: seaport.v1.QueryRequest.MetadataEntry
-	nil,                       // 27: seaport.v1.GetRequest.MetadataEntry
-	nil,                       // 28: seaport.v1.WatchRequest.MetadataEntry
+	(FreeReason)(0),           // 0: seaport.v1.FreeReason
+	(WatchEvent_Kind)(0),      // 1: seaport.v1.WatchEvent.Kind
+	(*Service)(nil),           // 2: seaport.v1.Service
+	(*HeartbeatRequest)(nil),  // 3: seaport.v1.HeartbeatRequest
+	(*OpenSession)(nil),       // 4: seaport.v1.OpenSession
+	(*ResumeSession)(nil),     // 5: seaport.v1.ResumeSession
+	(*Ping)(nil),              // 6: seaport.v1.Ping
+	(*CloseSession)(nil),      // 7: seaport.v1.CloseSession
+	(*HeartbeatResponse)(nil), // 8: seaport.v1.HeartbeatResponse
+	(*SessionOpened)(nil),     // 9: seaport.v1.SessionOpened
+	(*Pong)(nil),              // 10: seaport.v1.Pong
+	(*Evicted)(nil),           // 11: seaport.v1.Evicted
+	(*SessionClosed)(nil),     // 12: seaport.v1.SessionClosed
+	(*RegisterRequest)(nil),   // 13: seaport.v1.RegisterRequest
+	(*RegisterResponse)(nil),  // 14: seaport.v1.RegisterResponse
+	(*UpdateRequest)(nil),     // 15: seaport.v1.UpdateRequest
+	(*UpdateResponse)(nil),    // 16: seaport.v1.UpdateResponse
+	(*FreeRequest)(nil),       // 17: seaport.v1.FreeRequest
+	(*FreeResponse)(nil),      // 18: seaport.v1.FreeResponse
+	(*QueryRequest)(nil),      // 19: seaport.v1.QueryRequest
+	(*QueryResponse)(nil),     // 20: seaport.v1.QueryResponse
+	(*GetRequest)(nil),        // 21: seaport.v1.GetRequest
+	(*GetResponse)(nil),       // 22: seaport.v1.GetResponse
+	(*WatchRequest)(nil),      // 23: seaport.v1.WatchRequest
+	(*WatchEvent)(nil),        // 24: seaport.v1.WatchEvent
+	nil,                       // 25: seaport.v1.Service.MetadataEntry
+	nil,                       // 26: seaport.v1.RegisterRequest.MetadataEntry
+	nil,                       // 27: seaport.v1.UpdateRequest.MetadataEntry
+	nil,                       // 28: seaport.v1.QueryRequest.MetadataEntry
+	nil,                       // 29: seaport.v1.GetRequest.MetadataEntry
+	nil,                       // 30: seaport.v1.WatchRequest.MetadataEntry
 }
 var file_seaport_v1_seaport_proto_depIdxs = []int32{
-	23, // 0: seaport.v1.Service.metadata:type_name -> seaport.v1.Service.MetadataEntry
-	3,  // 1: seaport.v1.HeartbeatRequest.open:type_name -> seaport.v1.OpenSession
-	4,  // 2: seaport.v1.HeartbeatRequest.resume:type_name -> seaport.v1.ResumeSession
-	5,  // 3: seaport.v1.HeartbeatRequest.ping:type_name -> seaport.v1.Ping
-	6,  // 4: seaport.v1.HeartbeatRequest.close:type_name -> seaport.v1.CloseSession
-	8,  // 5: seaport.v1.HeartbeatResponse.opened:type_name -> seaport.v1.SessionOpened
-	9,  // 6: seaport.v1.HeartbeatResponse.pong:type_name -> seaport.v1.Pong
-	10, // 7: seaport.v1.HeartbeatResponse.closed:type_name -> seaport.v1.SessionClosed
-	24, // 8: seaport.v1.RegisterRequest.metadata:type_name -> seaport.v1.RegisterRequest.MetadataEntry
-	1,  // 9: seaport.v1.RegisterResponse.service:type_name -> seaport.v1.Service
-	25, // 10: seaport.v1.UpdateRequest.metadata:type_name -> seaport.v1.UpdateRequest.MetadataEntry
-	1,  // 11: seaport.v1.UpdateResponse.service:type_name -> seaport.v1.Service
-	1,  // 12: seaport.v1.FreeResponse.service:type_name -> seaport.v1.Service
-	26, // 13: seaport.v1.QueryRequest.metadata:type_name -> seaport.v1.QueryRequest.MetadataEntry
-	1,  // 14: seaport.v1.QueryResponse.services:type_name -> seaport.v1.Service
-	27, // 15: seaport.v1.GetRequest.metadata:type_name -> seaport.v1.GetRequest.MetadataEntry
-	1,  // 16: seaport.v1.GetResponse.services:type_name -> seaport.v1.Service
-	28, // 17: seaport.v1.WatchRequest.metadata:type_name -> seaport.v1.WatchRequest.MetadataEntry
-	0,  // 18: seaport.v1.WatchEvent.kind:type_name -> seaport.v1.WatchEvent.Kind
-	1,  // 19: seaport.v1.WatchEvent.service:type_name -> seaport.v1.Service
-	2,  // 20: seaport.v1.Registry.Heartbeat:input_type -> seaport.v1.HeartbeatRequest
-	11, // 21: seaport.v1.Registry.Register:input_type -> seaport.v1.RegisterRequest
-	13, // 22: seaport.v1.Registry.Update:input_type -> seaport.v1.UpdateRequest
-	15, // 23: seaport.v1.Registry.Free:input_type -> seaport.v1.FreeRequest
-	17, // 24: seaport.v1.Registry.Query:input_type -> seaport.v1.QueryRequest
-	19, // 25: seaport.v1.Registry.Get:input_type -> seaport.v1.GetRequest
-	21, // 26: seaport.v1.Registry.Watch:input_type -> seaport.v1.WatchRequest
-	7,  // 27: seaport.v1.Registry.Heartbeat:output_type -> seaport.v1.HeartbeatResponse
-	12, // 28: seaport.v1.Registry.Register:output_type -> seaport.v1.RegisterResponse
-	14, // 29: seaport.v1.Registry.Update:output_type -> seaport.v1.UpdateResponse
-	16, // 30: seaport.v1.Registry.Free:output_type -> seaport.v1.FreeResponse
-	18, // 31: seaport.v1.Registry.Query:output_type -> seaport.v1.QueryResponse
-	20, // 32: seaport.v1.Registry.Get:output_type -> seaport.v1.GetResponse
-	22, // 33: seaport.v1.Registry.Watch:output_type -> seaport.v1.WatchEvent
-	27, // [27:34] is the sub-list for method output_type
-	20, // [20:27] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	25, // 0: seaport.v1.Service.metadata:type_name -> seaport.v1.Service.MetadataEntry
+	4,  // 1: seaport.v1.HeartbeatRequest.open:type_name -> seaport.v1.OpenSession
+	5,  // 2: seaport.v1.HeartbeatRequest.resume:type_name -> seaport.v1.ResumeSession
+	6,  // 3: seaport.v1.HeartbeatRequest.ping:type_name -> seaport.v1.Ping
+	7,  // 4: seaport.v1.HeartbeatRequest.close:type_name -> seaport.v1.CloseSession
+	9,  // 5: seaport.v1.HeartbeatResponse.opened:type_name -> seaport.v1.SessionOpened
+	10, // 6: seaport.v1.HeartbeatResponse.pong:type_name -> seaport.v1.Pong
+	12, // 7: seaport.v1.HeartbeatResponse.closed:type_name -> seaport.v1.SessionClosed
+	11, // 8: seaport.v1.HeartbeatResponse.evicted:type_name -> seaport.v1.Evicted
+	26, // 9: seaport.v1.RegisterRequest.metadata:type_name -> seaport.v1.RegisterRequest.MetadataEntry
+	2,  // 10: seaport.v1.RegisterResponse.service:type_name -> seaport.v1.Service
+	27, // 11: seaport.v1.UpdateRequest.metadata:type_name -> seaport.v1.UpdateRequest.MetadataEntry
+	2,  // 12: seaport.v1.UpdateResponse.service:type_name -> seaport.v1.Service
+	2,  // 13: seaport.v1.FreeResponse.service:type_name -> seaport.v1.Service
+	28, // 14: seaport.v1.QueryRequest.metadata:type_name -> seaport.v1.QueryRequest.MetadataEntry
+	2,  // 15: seaport.v1.QueryResponse.services:type_name -> seaport.v1.Service
+	29, // 16: seaport.v1.GetRequest.metadata:type_name -> seaport.v1.GetRequest.MetadataEntry
+	2,  // 17: seaport.v1.GetResponse.services:type_name -> seaport.v1.Service
+	30, // 18: seaport.v1.WatchRequest.metadata:type_name -> seaport.v1.WatchRequest.MetadataEntry
+	1,  // 19: seaport.v1.WatchEvent.kind:type_name -> seaport.v1.WatchEvent.Kind
+	2,  // 20: seaport.v1.WatchEvent.service:type_name -> seaport.v1.Service
+	0,  // 21: seaport.v1.WatchEvent.reason:type_name -> seaport.v1.FreeReason
+	3,  // 22: seaport.v1.Registry.Heartbeat:input_type -> seaport.v1.HeartbeatRequest
+	13, // 23: seaport.v1.Registry.Register:input_type -> seaport.v1.RegisterRequest
+	15, // 24: seaport.v1.Registry.Update:input_type -> seaport.v1.UpdateRequest
+	17, // 25: seaport.v1.Registry.Free:input_type -> seaport.v1.FreeRequest
+	19, // 26: seaport.v1.Registry.Query:input_type -> seaport.v1.QueryRequest
+	21, // 27: seaport.v1.Registry.Get:input_type -> seaport.v1.GetRequest
+	23, // 28: seaport.v1.Registry.Watch:input_type -> seaport.v1.WatchRequest
+	8,  // 29: seaport.v1.Registry.Heartbeat:output_type -> seaport.v1.HeartbeatResponse
+	14, // 30: seaport.v1.Registry.Register:output_type -> seaport.v1.RegisterResponse
+	16, // 31: seaport.v1.Registry.Update:output_type -> seaport.v1.UpdateResponse
+	18, // 32: seaport.v1.Registry.Free:output_type -> seaport.v1.FreeResponse
+	20, // 33: seaport.v1.Registry.Query:output_type -> seaport.v1.QueryResponse
+	22, // 34: seaport.v1.Registry.Get:output_type -> seaport.v1.GetResponse
+	24, // 35: seaport.v1.Registry.Watch:output_type -> seaport.v1.WatchEvent
+	29, // [29:36] is the sub-list for method output_type
+	22, // [22:29] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_seaport_v1_seaport_proto_init() }
@@ -1842,14 +1992,15 @@ func file_seaport_v1_seaport_proto_init() {
 		(*HeartbeatResponse_Opened)(nil),
 		(*HeartbeatResponse_Pong)(nil),
 		(*HeartbeatResponse_Closed)(nil),
+		(*HeartbeatResponse_Evicted)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_seaport_v1_seaport_proto_rawDesc), len(file_seaport_v1_seaport_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   28,
+			NumEnums:      2,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

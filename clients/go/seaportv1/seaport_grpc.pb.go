@@ -71,7 +71,8 @@ type RegistryClient interface {
 	Register(ctx context.Context, in *RegisterRequest, opts ...grpc.CallOption) (*RegisterResponse, error)
 	// Update changes the metadata of a registration. Only its owner may.
 	Update(ctx context.Context, in *UpdateRequest, opts ...grpc.CallOption) (*UpdateResponse, error)
-	// Free removes a registration. Only its owner may.
+	// Free removes a registration. Only its owner, or an admin, may; an
+	// admin's free is final (the owner's session is told, see Evicted).
 	Free(ctx context.Context, in *FreeRequest, opts ...grpc.CallOption) (*FreeResponse, error)
 	// Query returns the services that match a pattern right now, ordered by
 	// name, then version (highest first), then id.
@@ -197,7 +198,8 @@ type RegistryServer interface {
 	Register(context.Context, *RegisterRequest) (*RegisterResponse, error)
 	// Update changes the metadata of a registration. Only its owner may.
 	Update(context.Context, *UpdateRequest) (*UpdateResponse, error)
-	// Free removes a registration. Only its owner may.
+	// Free removes a registration. Only its owner, or an admin, may; an
+	// admin's free is final (the owner's session is told, see Evicted).
 	Free(context.Context, *FreeRequest) (*FreeResponse, error)
 	// Query returns the services that match a pattern right now, ordered by
 	// name, then version (highest first), then id.

@@ -12,7 +12,8 @@ use tonic::{Status, Streaming};
 
 use super::status::{invalid, reject};
 use crate::pb::{self, heartbeat_request::Kind as In, heartbeat_response::Kind as Out};
-use crate::registry::{Actor, Registry, SessionInfo};
+use crate::registry::{Actor, Eviction, Registry, SessionInfo};
+use tokio::sync::mpsc;
 
 /// The RPC's name, as errors cite it.
 const RPC: &str = "Heartbeat";
@@ -40,7 +41,7 @@ fn reply(kind: Out) -> Result<pb::HeartbeatResponse, Status> {
 /// Handles the first message and returns the stream that serves the session.
 pub(crate) async fn serve(
     registry: Registry,
-    observed: String,
+    peer: Option<SocketAddr>,
     actor: Actor,
     mut inbound: Streaming<pb::HeartbeatRequest>,
 ) -> Result<HeartbeatStream, Status> {
@@ -49,25 +50,33 @@ pub(crate) async fn serve(
         .map_err(|_| {
             invalid(
                 RPC,
+                peer,
                 "no open or resume message within 10s of starting the stream",
             )
         })??;
     let info: SessionInfo = match first.and_then(|m| m.kind) {
         Some(In::Open(open)) => {
             let ttl = (open.ttl_ms > 0).then(|| Duration::from_millis(open.ttl_ms));
-            let info = registry.open_session(ttl, observed, actor.identity.clone());
-            tracing::info!(session = %info.id, client = %open.client_name, host = %info.observed_host,
+            let info = registry.open_session(ttl, observed_host(peer), actor.identity.clone());
+            tracing::info!(session = info.label, client = %seaport::quote(&open.client_name),
+                host = %info.observed_host, identity = %actor.identity,
                 ttl_ms = info.ttl.as_millis() as u64, "session opened");
             info
         }
         Some(In::Resume(resume)) => {
             let info = registry
                 .resume_session(&resume.session_id, &actor)
-                .map_err(|e| reject(RPC, e))?;
-            tracing::info!(session = %info.id, "session resumed");
+                .map_err(|e| reject(RPC, peer, e))?;
+            tracing::info!(session = info.label, identity = %actor.identity, "session resumed");
             info
         }
-        _ => return Err(invalid(RPC, "the first message must be `open` or `resume`")),
+        _ => {
+            return Err(invalid(
+                RPC,
+                peer,
+                "the first message must be `open` or `resume`",
+            ));
+        }
     };
 
     let opened = Out::Opened(pb::SessionOpened {
@@ -77,10 +86,14 @@ pub(crate) async fn serve(
         resumed: info.resumed,
         server_version: env!("CARGO_PKG_VERSION").to_string(),
     });
+    let evictions = registry.evictions(&info.id);
     Ok(HeartbeatStream {
         registry,
         id: info.id,
+        label: info.label,
+        peer,
         opened: Some(reply(opened)),
+        evictions,
         inbound,
         done: false,
     })
@@ -91,8 +104,14 @@ pub(crate) async fn serve(
 /// so a session costs no task of its own.
 pub(crate) struct HeartbeatStream {
     registry: Registry,
+    /// The session's id: a secret, never logged.
     id: String,
+    /// The session's name in logs.
+    label: u64,
+    peer: Option<SocketAddr>,
     opened: Option<Result<pb::HeartbeatResponse, Status>>,
+    /// Admins' frees of the session's registrations, to tell the client.
+    evictions: Option<mpsc::UnboundedReceiver<Eviction>>,
     inbound: Streaming<pb::HeartbeatRequest>,
     /// Set after the last answer (closed, or an error).
     done: bool,
@@ -100,27 +119,29 @@ pub(crate) struct HeartbeatStream {
 
 impl HeartbeatStream {
     fn answer(&self, kind: Option<In>) -> Result<pb::HeartbeatResponse, Status> {
-        let id = &self.id;
+        let (id, peer) = (&self.id, self.peer);
         match kind {
             Some(In::Ping(ping)) => match self.registry.touch(id) {
                 Ok(()) => reply(Out::Pong(pb::Pong { seq: ping.seq })),
-                Err(e) => Err(reject(RPC, e)),
+                Err(e) => Err(reject(RPC, peer, e)),
             },
             Some(In::Close(_)) => match self.registry.close_session(id) {
                 Ok(freed) => {
-                    tracing::info!(session = %id, freed, "session closed");
+                    tracing::info!(session = self.label, freed, "session closed");
                     reply(Out::Closed(pb::SessionClosed {
                         freed: freed as u32,
                     }))
                 }
-                Err(e) => Err(reject(RPC, e)),
+                Err(e) => Err(reject(RPC, peer, e)),
             },
             Some(In::Open(_) | In::Resume(_)) => Err(invalid(
                 RPC,
+                peer,
                 "this stream already holds a session; send `ping` or `close`",
             )),
             None => Err(invalid(
                 RPC,
+                peer,
                 "empty heartbeat message; send `ping` or `close`",
             )),
         }
@@ -138,6 +159,19 @@ impl Stream for HeartbeatStream {
         if this.done {
             return Poll::Ready(None);
         }
+        if let Some(evictions) = &mut this.evictions {
+            match evictions.poll_recv(cx) {
+                Poll::Ready(Some(e)) => {
+                    return Poll::Ready(Some(reply(Out::Evicted(pb::Evicted {
+                        id: e.id,
+                        by: e.by,
+                    }))));
+                }
+                // A later stream of the same session took the notices over.
+                Poll::Ready(None) => this.evictions = None,
+                Poll::Pending => {}
+            }
+        }
         match ready!(Pin::new(&mut this.inbound).poll_next(cx)) {
             Some(Ok(message)) => {
                 let answer = this.answer(message.kind);
@@ -150,7 +184,10 @@ impl Stream for HeartbeatStream {
                 Poll::Ready(Some(answer))
             }
             Some(Err(_)) | None => {
-                tracing::info!(session = %this.id, "heartbeat stream ended; session kept for its ttl");
+                tracing::info!(
+                    session = this.label,
+                    "heartbeat stream ended; session kept for its ttl"
+                );
                 this.done = true;
                 Poll::Ready(None)
             }

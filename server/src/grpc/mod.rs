@@ -6,6 +6,7 @@ mod status;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::pb::{self, registry_server::Registry as RegistryApi};
@@ -14,11 +15,15 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+use tonic_health::pb::health_server::Health;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::auth::Auth;
 use crate::registry::{
     MetadataChange, NewService, Registry, RegistryError, Selector, WatchEvent, namespace_or_default,
 };
+pub(crate) use status::log_refusal;
 use status::reject;
 
 pub use crate::pb::registry_server::RegistryServer;
@@ -31,32 +36,97 @@ const GET_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 pub struct RegistryService {
     registry: Registry,
     auth: Arc<Auth>,
+    /// Watch streams open now, and how many may be.
+    watchers: Arc<AtomicUsize>,
+    max_watchers: usize,
     /// Flips to true when the server shuts down, to end long streams.
     stop: watch::Receiver<bool>,
 }
 
 impl RegistryService {
-    /// The service over a registry, checking callers with `auth`; `stop`
-    /// ends streams at shutdown.
-    pub fn new(registry: Registry, auth: Arc<Auth>, stop: watch::Receiver<bool>) -> Self {
+    /// The service over a registry, checking callers with `auth`, with at
+    /// most `max_watchers` Watch streams at once; `stop` ends streams at
+    /// shutdown.
+    pub fn new(
+        registry: Registry,
+        auth: Arc<Auth>,
+        max_watchers: usize,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         RegistryService {
             registry,
             auth,
+            watchers: Arc::default(),
+            max_watchers,
             stop,
         }
     }
 }
 
+/// Counts one open Watch stream until dropped with it.
+struct Watcher(Arc<AtomicUsize>);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// grpc.health.v1 as tonic-health serves it, but with Watch streams that
+/// end when the server stops, so that an open health watch does not hold
+/// shutdown for the whole grace period.
+#[derive(Clone)]
+pub struct StoppingHealth {
+    inner: Arc<HealthService>,
+    stop: watch::Receiver<bool>,
+}
+
+impl StoppingHealth {
+    /// Serves what `reporter` reports; `stop` ends the watches.
+    pub fn new(reporter: HealthReporter, stop: watch::Receiver<bool>) -> Self {
+        StoppingHealth {
+            inner: Arc::new(HealthService::from_health_reporter(reporter)),
+            stop,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Health for StoppingHealth {
+    type WatchStream = Stopping<HealthCheckResponse>;
+
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let stream = self.inner.watch(request).await?.into_inner();
+        Ok(Response::new(until_stop(stream, &self.stop)))
+    }
+}
+
 fn selector(
+    registry: &Registry,
     rpc: &'static str,
+    peer: Option<std::net::SocketAddr>,
     pattern: &str,
     namespace: &str,
-    metadata: impl IntoIterator<Item = (String, String)>,
+    metadata: std::collections::HashMap<String, String>,
 ) -> Result<Selector, Status> {
+    registry
+        .limits()
+        .check_metadata(&metadata)
+        .map_err(|e| reject(rpc, peer, e))?;
     let pattern = pattern
         .parse()
-        .map_err(|e| reject(rpc, RegistryError::Role(e)))?;
-    let namespace = namespace_or_default(namespace).map_err(|e| reject(rpc, e))?;
+        .map_err(|e| reject(rpc, peer, RegistryError::Role(e)))?;
+    let namespace = namespace_or_default(namespace).map_err(|e| reject(rpc, peer, e))?;
     Ok(Selector {
         namespace: namespace.to_string(),
         pattern,
@@ -73,6 +143,9 @@ fn watch_event(event: WatchEvent) -> pb::WatchEvent {
         kind: seaport::pb::watch_event::Kind::from(event.kind) as i32,
         service: event.service.map(wire::Service),
         revision: event.revision,
+        reason: event
+            .reason
+            .map_or(0, |r| seaport::pb::FreeReason::from(r) as i32),
     }
 }
 
@@ -84,12 +157,15 @@ pub type Stopping<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 fn until_stop<T, S>(stream: S, stop: &watch::Receiver<bool>) -> Stopping<T>
 where
     S: Stream<Item = Result<T, Status>> + Send + 'static,
-    T: 'static,
+    T: Send + 'static,
 {
     let stopping = WatchStream::new(stop.clone())
         .filter(|stop| *stop)
         .map(|_| None);
-    Box::pin(stream.map(Some).merge(stopping).map_while(|item| item))
+    // The stream's own end is a `None` too: a merge alone would wait for
+    // both sides to end, and `stopping` ends only with the server.
+    let ending = stream.map(Some).chain(tokio_stream::once(None));
+    Box::pin(ending.merge(stopping).map_while(|item| item))
 }
 
 /// How long a Get may wait: the shorter of its `timeout_ms` and the call's
@@ -139,10 +215,10 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Heartbeat", true)?;
-        let observed = heartbeat::observed_host(request.remote_addr());
         let stream =
-            heartbeat::serve(self.registry.clone(), observed, actor, request.into_inner()).await?;
+            heartbeat::serve(self.registry.clone(), peer, actor, request.into_inner()).await?;
         Ok(Response::new(until_stop(stream, &self.stop)))
     }
 
@@ -150,18 +226,20 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Register", true)?;
         let r = request.into_inner();
         let refused = self
             .auth
             .refused_name(&actor.identity, &r.role)
-            .map_err(|e| reject("Register", RegistryError::Role(e)))?;
+            .map_err(|e| reject("Register", peer, RegistryError::Role(e)))?;
         if let Some(name) = refused {
-            tracing::info!(identity = %actor.identity, %name, "rejected: not allowed by policy");
-            return Err(Status::permission_denied(format!(
+            let message = format!(
                 "identity {:?} may not register {name:?}; the server's --policy allows it other names only",
                 actor.identity
-            )));
+            );
+            status::log_refusal("Register", peer, tonic::Code::PermissionDenied, &message);
+            return Err(Status::permission_denied(message));
         }
         let new = NewService {
             session_id: r.session_id,
@@ -175,7 +253,7 @@ impl RegistryApi for RegistryService {
         let service = self
             .registry
             .register(new, &actor)
-            .map_err(|e| reject("Register", e))?;
+            .map_err(|e| reject("Register", peer, e))?;
         Ok(Response::new(pb::RegisterResponse {
             service: Some(wire::Service(service)),
         }))
@@ -185,6 +263,7 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateResponse>, Status> {
+        let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Update", true)?;
         let r = request.into_inner();
         let change = MetadataChange {
@@ -195,7 +274,7 @@ impl RegistryApi for RegistryService {
         let service = self
             .registry
             .update(&r.session_id, &r.id, change, &actor)
-            .map_err(|e| reject("Update", e))?;
+            .map_err(|e| reject("Update", peer, e))?;
         Ok(Response::new(pb::UpdateResponse {
             service: Some(wire::Service(service)),
         }))
@@ -205,12 +284,13 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::FreeRequest>,
     ) -> Result<Response<pb::FreeResponse>, Status> {
+        let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Free", true)?;
         let r = request.into_inner();
         let service = self
             .registry
             .free(&r.session_id, &r.id, &actor)
-            .map_err(|e| reject("Free", e))?;
+            .map_err(|e| reject("Free", peer, e))?;
         Ok(Response::new(pb::FreeResponse {
             service: Some(wire::Service(service)),
         }))
@@ -220,9 +300,17 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
+        let peer = request.remote_addr();
         self.auth.caller(&request, "Query", false)?;
         let r = request.into_inner();
-        let selector = selector("Query", &r.pattern, &r.namespace, r.metadata)?;
+        let selector = selector(
+            &self.registry,
+            "Query",
+            peer,
+            &r.pattern,
+            &r.namespace,
+            r.metadata,
+        )?;
         let (found, revision) = self.registry.query(&selector);
         Ok(Response::new(pb::QueryResponse {
             services: services(found),
@@ -234,16 +322,24 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let peer = request.remote_addr();
         self.auth.caller(&request, "Get", false)?;
         let deadline = get_deadline(&request, request.get_ref().timeout_ms);
         let r = request.into_inner();
-        let selector = selector("Get", &r.pattern, &r.namespace, r.metadata)?;
+        let selector = selector(
+            &self.registry,
+            "Get",
+            peer,
+            &r.pattern,
+            &r.namespace,
+            r.metadata,
+        )?;
         let wait = self.registry.get(&selector);
         let (found, revision) = match deadline {
             Some(d) => tokio::time::timeout(d, wait).await.map_err(|_| {
                 Status::deadline_exceeded(format!(
-                    "no service matched {:?} within {}ms",
-                    r.pattern,
+                    "no service matched {} within {}ms",
+                    seaport::quote(&r.pattern),
                     d.as_millis()
                 ))
             })?,
@@ -259,13 +355,33 @@ impl RegistryApi for RegistryService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let peer = request.remote_addr();
         self.auth.caller(&request, "Watch", false)?;
         let r = request.into_inner();
-        let selector = selector("Watch", &r.pattern, &r.namespace, r.metadata)?;
+        let selector = selector(
+            &self.registry,
+            "Watch",
+            peer,
+            &r.pattern,
+            &r.namespace,
+            r.metadata,
+        )?;
+        if self.watchers.fetch_add(1, Ordering::Relaxed) >= self.max_watchers {
+            self.watchers.fetch_sub(1, Ordering::Relaxed);
+            return Err(reject(
+                "Watch",
+                peer,
+                RegistryError::TooManyWatchers(self.max_watchers),
+            ));
+        }
+        let watcher = Watcher(self.watchers.clone());
         let events = self
             .registry
             .watch(selector, r.since_revision)
-            .map(|event| Ok(watch_event(event)));
+            .map(move |event| {
+                let _counted = &watcher;
+                Ok(watch_event(event))
+            });
         Ok(Response::new(until_stop(events, &self.stop)))
     }
 }

@@ -1,7 +1,7 @@
 //! What can go wrong in the registry core, each with a message that says
 //! what to fix. `grpc::status` maps these to gRPC codes in one place.
 
-use seaport::RoleError;
+use seaport::{RoleError, quote};
 
 /// A refused registry operation. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -12,13 +12,14 @@ pub enum RegistryError {
     /// Any other malformed argument; the message says which and how to fix it.
     #[error("{0}")]
     Invalid(String),
-    /// The session is not open here.
+    /// The session is not open here. The message never repeats the id: a
+    /// session id is a secret of its holder.
     #[error(
-        "session {0:?} is not open (it was closed, expired, or the server restarted); open a new session"
+        "the session is not open (it was closed, expired, or the server restarted); open a new session"
     )]
-    UnknownSession(String),
+    UnknownSession,
     /// No registration has this id.
-    #[error("no service with id {0:?} is registered")]
+    #[error("no service with id {} is registered", quote(.0))]
     UnknownService(String),
     /// Another live registration holds the port on that host.
     #[error(
@@ -35,11 +36,12 @@ pub enum RegistryError {
         holder_id: String,
     },
     /// Another session holds a registration with this id.
-    #[error("id {0:?} is held by another session; pick another id or leave it empty")]
+    #[error("id {} is held by another session; pick another id or leave it empty", quote(.0))]
     IdTaken(String),
     /// This session holds the id already, for something else.
     #[error(
-        "this session already registered id {id:?} as {existing}; free it first or use another id"
+        "this session already registered id {} as {existing}; free it first or use another id",
+        quote(id)
     )]
     IdConflict {
         /// The id.
@@ -48,8 +50,8 @@ pub enum RegistryError {
         existing: String,
     },
     /// The caller does not own the registration.
-    #[error("service {id:?} belongs to {}; only its owner (or an admin, to free it) may change or free it",
-        if owner.is_empty() { "another session".to_string() } else { format!("identity {owner:?}") })]
+    #[error("service {} belongs to {}; only its owner (or an admin, to free it) may change or free it",
+        quote(id), if owner.is_empty() { "another session".to_string() } else { format!("identity {owner:?}") })]
     NotOwner {
         /// The registration's id.
         id: String,
@@ -58,14 +60,17 @@ pub enum RegistryError {
     },
     /// The session belongs to another identity.
     #[error(
-        "session {session:?} belongs to identity {owner:?}; use a session opened with your own certificate"
+        "the session belongs to identity {owner:?}; use a session opened with your own certificate"
     )]
     NotSessionOwner {
-        /// The session id.
-        session: String,
         /// Its owner identity.
         owner: String,
     },
+    /// An admin freed this id in this session; that is final.
+    #[error(
+        "an admin freed registration {}; it is not registered again under that id (register under a new one if an operator allows it)", quote(.0)
+    )]
+    Evicted(String),
     /// No port of the range is free on the host.
     #[error("no free port left on {host} in {first}-{last}; free some or widen --port-range")]
     PortsExhausted {
@@ -76,6 +81,9 @@ pub enum RegistryError {
         /// Last port of the range.
         last: u16,
     },
+    /// As many watches are open as the server allows.
+    #[error("the server has {0} watches open, its limit; retry later, or raise --max-watchers")]
+    TooManyWatchers(usize),
     /// The session holds as many registrations as allowed.
     #[error(
         "session holds {0} registrations, the limit; free some or raise --max-registrations-per-session"

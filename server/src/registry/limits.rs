@@ -4,7 +4,7 @@
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use seaport::Metadata;
+use seaport::quote;
 
 use super::RegistryError;
 
@@ -65,32 +65,42 @@ impl Limits {
         }
     }
 
-    /// Checks metadata against the bounds, naming the one exceeded.
-    pub fn check_metadata(&self, metadata: &Metadata) -> Result<(), RegistryError> {
+    /// Checks metadata pairs against the bounds, naming the one exceeded:
+    /// the count first, before anything walks them.
+    pub fn check_metadata<I, K, V>(&self, pairs: I) -> Result<(), RegistryError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        I::IntoIter: ExactSizeIterator,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
         let invalid = |msg: String| Err(RegistryError::Invalid(msg));
-        if metadata.len() > self.max_metadata_entries {
+        let pairs = pairs.into_iter();
+        if pairs.len() > self.max_metadata_entries {
             return invalid(format!(
                 "metadata has {} entries; the limit is {} (--max-metadata-entries)",
-                metadata.len(),
+                pairs.len(),
                 self.max_metadata_entries
             ));
         }
         let mut total = 0;
-        for (k, v) in metadata.iter() {
+        for (k, v) in pairs {
+            let (k, v) = (k.as_ref(), v.as_ref());
             if k.is_empty() {
                 return invalid("metadata has an empty key; every key needs a name".into());
             }
             if k.len() > self.max_metadata_key {
                 return invalid(format!(
-                    "metadata key {:?}… is {} bytes; the limit is {}",
-                    k.chars().take(16).collect::<String>(),
+                    "metadata key {} is {} bytes; the limit is {}",
+                    quote(k),
                     k.len(),
                     self.max_metadata_key
                 ));
             }
             if v.len() > self.max_metadata_value {
                 return invalid(format!(
-                    "metadata value of {k:?} is {} bytes; the limit is {} (--max-metadata-value)",
+                    "metadata value of {} is {} bytes; the limit is {} (--max-metadata-value)",
+                    quote(k),
                     v.len(),
                     self.max_metadata_value
                 ));

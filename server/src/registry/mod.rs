@@ -12,17 +12,18 @@ mod watch;
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use seaport::{Metadata, Role, Service, validate_name};
-use tokio::sync::{Notify, broadcast};
+use seaport::{FreeReason, Metadata, Role, Service, quote, validate_name};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 
 pub use error::{RegistryError, Result};
 pub use limits::Limits;
 pub use seaport::EventKind;
+pub use sessions::Eviction;
 pub use watch::{Change, ChangeKind, Selector, Watch, WatchEvent};
 
 use by_id::ServicesById;
@@ -46,6 +47,8 @@ struct Shared {
     feed: broadcast::Sender<Arc<Change>>,
     reaper_wake: Notify,
     stopping: AtomicBool,
+    /// The last session label handed out.
+    labels: AtomicU64,
 }
 
 struct State {
@@ -98,8 +101,10 @@ impl Drop for Locked<'_> {
 /// What a session open or resume granted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionInfo {
-    /// Session id.
+    /// Session id: a secret of its holder, never logged.
     pub id: String,
+    /// A number that names the session in logs.
+    pub label: u64,
     /// Granted ttl.
     pub ttl: Duration,
     /// Address the client was seen at.
@@ -123,15 +128,16 @@ pub struct NewService {
     pub port: u32,
     /// Id; empty means generate one.
     pub id: String,
-    /// Metadata.
-    pub metadata: Metadata,
+    /// Metadata pairs as received, checked against the limits before
+    /// anything is built from them.
+    pub metadata: Vec<(String, String)>,
 }
 
 /// A metadata change.
 #[derive(Clone, Debug, Default)]
 pub struct MetadataChange {
-    /// Pairs to set.
-    pub set: Metadata,
+    /// Pairs to set, as received.
+    pub set: Vec<(String, String)>,
     /// Merge into the existing metadata instead of replacing it.
     pub merge: bool,
     /// Keys to remove when merging.
@@ -202,10 +208,16 @@ impl Registry {
                 feed,
                 reaper_wake: Notify::new(),
                 stopping: AtomicBool::new(false),
+                labels: AtomicU64::new(0),
             }),
         };
         tokio::spawn(reap(registry.clone()));
         (registry.clone(), ReaperGuard(registry))
+    }
+
+    /// The limits this registry enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
     }
 
     fn lock(&self) -> Locked<'_> {
@@ -226,6 +238,7 @@ impl Registry {
     ) -> SessionInfo {
         let ttl = self.shared.limits.clamp_ttl(ttl);
         let id = random_id();
+        let label = self.next_label();
         let mut state = self.lock();
         state.sessions.insert(
             id.as_str().into(),
@@ -234,43 +247,61 @@ impl Registry {
                 deadline: Some(Instant::now() + ttl),
                 observed_host: observed_host.clone(),
                 owner: owner.into(),
+                label,
                 services: Default::default(),
+                evictions: Default::default(),
             },
         );
         drop(state);
         self.shared.reaper_wake.notify_one();
         SessionInfo {
             id,
+            label,
             ttl,
             observed_host,
             resumed: false,
         }
     }
 
-    /// Opens the server's own session, which never expires.
-    pub fn open_pinned_session(&self, observed_host: String) -> String {
+    fn next_label(&self) -> u64 {
+        self.shared.labels.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers the server itself in a session of its own, which never
+    /// expires and which no client can use, whatever id it sends.
+    pub fn register_server(&self, new: NewService) -> Result<Arc<Service>> {
         let id = random_id();
         let session = Session {
             ttl: Duration::ZERO,
             deadline: None,
-            observed_host,
+            observed_host: new.host.clone(),
             owner: "".into(),
+            label: self.next_label(),
             services: Default::default(),
+            evictions: Default::default(),
         };
         self.lock().sessions.insert(id.as_str().into(), session);
-        id
+        self.register_in(
+            NewService {
+                session_id: id,
+                ..new
+            },
+            &Actor::default(),
+            Pinned::Allowed,
+        )
     }
 
     /// Resumes a session that is still open, and refreshes it.
     pub fn resume_session(&self, id: &str, actor: &Actor) -> Result<SessionInfo> {
         let mut state = self.lock();
-        session_of(&state, id, actor)?;
+        session_of(&state, id, actor, Pinned::Refused)?;
         let session = state
             .sessions
             .touch(id, Instant::now())
-            .ok_or_else(|| RegistryError::UnknownSession(id.to_string()))?;
+            .ok_or(RegistryError::UnknownSession)?;
         Ok(SessionInfo {
             id: id.to_string(),
+            label: session.label,
             ttl: session.ttl,
             observed_host: session.observed_host.clone(),
             resumed: true,
@@ -282,8 +313,17 @@ impl Registry {
         let mut state = self.lock();
         match state.sessions.touch(id, Instant::now()) {
             Some(_) => Ok(()),
-            None => Err(RegistryError::UnknownSession(id.to_string())),
+            None => Err(RegistryError::UnknownSession),
         }
+    }
+
+    /// The notices of admins' frees for the holder of session `id`, from
+    /// now on, with those made while no stream was attached first. A later
+    /// call replaces the stream. `None` when the session is gone.
+    pub fn evictions(&self, id: &str) -> Option<mpsc::UnboundedReceiver<Eviction>> {
+        let mut state = self.lock();
+        let session = state.sessions.open.get_mut(id)?;
+        Some(session.evictions.attach())
     }
 
     /// Ends a session and frees its registrations; returns how many.
@@ -294,32 +334,38 @@ impl Registry {
             .sessions
             .open
             .remove(id)
-            .ok_or_else(|| RegistryError::UnknownSession(id.to_string()))?;
+            .ok_or(RegistryError::UnknownSession)?;
         let freed = session.services.len();
         for service in session.services.into_services() {
-            self.remove_locked(&mut state, &service.id, now);
+            self.remove_locked(&mut state, &service.id, now, FreeReason::Closed);
         }
         Ok(freed)
     }
 
     /// Adds a service; see the proto's `Register` for the rules.
     pub fn register(&self, new: NewService, actor: &Actor) -> Result<Arc<Service>> {
+        self.register_in(new, actor, Pinned::Refused)
+    }
+
+    fn register_in(&self, new: NewService, actor: &Actor, pinned: Pinned) -> Result<Arc<Service>> {
         let limits = &self.shared.limits;
-        let role: Role = new.role.parse()?;
-        let namespace = namespace_or_default(&new.namespace)?;
-        limits.check_metadata(&new.metadata)?;
-        let port = u16::try_from(new.port).map_err(|_| {
-            RegistryError::Invalid(format!(
-                "port {} is out of range; use 1-65535, or 0 to have one assigned",
-                new.port
-            ))
-        })?;
+        // Every size is checked before work that grows with the input.
+        limits.check_metadata(new.metadata.iter().map(|(k, v)| (k, v)))?;
         if !new.host.is_empty() {
             check_host(&new.host)?;
         }
         if !new.id.is_empty() {
             check_id(&new.id)?;
         }
+        let role: Role = new.role.parse()?;
+        let namespace = namespace_or_default(&new.namespace)?;
+        let metadata: Metadata = new.metadata.into_iter().collect();
+        let port = u16::try_from(new.port).map_err(|_| {
+            RegistryError::Invalid(format!(
+                "port {} is out of range; use 1-65535, or 0 to have one assigned",
+                new.port
+            ))
+        })?;
 
         let now = Instant::now();
         // Made before the lock: the other core may be waiting for it. A
@@ -327,7 +373,10 @@ impl Registry {
         let generated = new.id.is_empty().then(random_id);
         let mut state = self.lock();
         let state = &mut *state;
-        let (session_id, session) = session_of(state, &new.session_id, actor)?;
+        let (session_id, session) = session_of(state, &new.session_id, actor, pinned)?;
+        if session.evictions.contains(&new.id) {
+            return Err(RegistryError::Evicted(new.id));
+        }
         let session_id = session_id.clone();
         let host = if new.host.is_empty() {
             session.observed_host.clone()
@@ -386,7 +435,7 @@ impl Registry {
             version: role.version,
             host,
             port,
-            metadata: new.metadata,
+            metadata,
             namespace: state
                 .index
                 .namespace(namespace)
@@ -409,9 +458,20 @@ impl Registry {
         change: MetadataChange,
         actor: &Actor,
     ) -> Result<Arc<Service>> {
+        let limits = &self.shared.limits;
+        limits.check_metadata(change.set.iter().map(|(k, v)| (k, v)))?;
+        if change.remove.len() > limits.max_metadata_entries {
+            return Err(RegistryError::Invalid(format!(
+                "remove_keys has {} keys; the limit is {} (--max-metadata-entries)",
+                change.remove.len(),
+                limits.max_metadata_entries
+            )));
+        }
+        let set: Metadata = change.set.into_iter().collect();
         let mut state = self.lock();
         let state = &mut *state;
-        let previous = authorize(state, session_id, id, actor, false)?.clone();
+        let (previous, _) = authorize(state, session_id, id, actor, false)?;
+        let previous = previous.clone();
         let mut metadata = if change.merge {
             previous.metadata.clone()
         } else {
@@ -422,8 +482,8 @@ impl Registry {
                 metadata.remove(key);
             }
         }
-        metadata.extend(change.set);
-        self.shared.limits.check_metadata(&metadata)?;
+        metadata.extend(set);
+        limits.check_metadata(metadata.iter())?;
         let service = Arc::new(Service {
             metadata,
             mod_revision: state.revision + 1,
@@ -440,12 +500,25 @@ impl Registry {
         // waiting for it.
         let now = Instant::now();
         let mut state = self.lock();
-        let service = authorize(&state, session_id, id, actor, true)?.clone();
+        let (service, by_owner) = authorize(&state, session_id, id, actor, true)?;
+        let service = service.clone();
+        let reason = if by_owner {
+            FreeReason::Owner
+        } else {
+            FreeReason::Admin
+        };
         if let Some(session) = state.sessions.open.get_mut(&*service.session_id) {
             session.services.remove(id);
+            if reason == FreeReason::Admin {
+                tracing::info!(id, admin = %actor.identity, session = session.label, "freed by an admin");
+                session.evictions.record(Eviction {
+                    id: id.to_string(),
+                    by: actor.identity.clone(),
+                });
+            }
         }
         Ok(self
-            .remove_locked(&mut state, id, now)
+            .remove_locked(&mut state, id, now, reason)
             .expect("checked above"))
     }
 
@@ -497,19 +570,9 @@ impl Registry {
                 .history
                 .iter()
                 .filter(|c| c.revision > since)
-                .filter_map(|c| {
-                    selector.classify(c).map(|kind| WatchEvent {
-                        kind,
-                        service: Some(c.service.clone()),
-                        revision: c.revision,
-                    })
-                })
+                .filter_map(|c| selector.classify(c).map(|kind| WatchEvent::of(c, kind)))
                 .collect();
-            pending.push_back(WatchEvent {
-                kind: EventKind::Synced,
-                service: None,
-                revision: state.revision,
-            });
+            pending.push_back(WatchEvent::marker(EventKind::Synced, None, state.revision));
             drop(state);
             return Watch::new(self.clone(), selector, feed, pending);
         }
@@ -517,11 +580,7 @@ impl Registry {
         let (feed, mut pending) = self.snapshot(&selector);
         if since > 0 {
             let revision = pending.back().map_or(0, |e| e.revision);
-            pending.push_front(WatchEvent {
-                kind: EventKind::Reset,
-                service: None,
-                revision,
-            });
+            pending.push_front(WatchEvent::marker(EventKind::Reset, None, revision));
         }
         Watch::new(self.clone(), selector, feed, pending)
     }
@@ -538,27 +597,25 @@ impl Registry {
             .index
             .select(selector)
             .into_iter()
-            .map(|s| WatchEvent {
-                kind: EventKind::Existing,
-                service: Some(s),
-                revision,
-            })
+            .map(|s| WatchEvent::marker(EventKind::Existing, Some(s), revision))
             .collect();
-        pending.push_back(WatchEvent {
-            kind: EventKind::Synced,
-            service: None,
-            revision,
-        });
+        pending.push_back(WatchEvent::marker(EventKind::Synced, None, revision));
         (feed, pending)
     }
 
     /// Removes a service from every table and publishes the free. The
     /// caller has removed it from its session's set (or dropped the session).
-    fn remove_locked(&self, state: &mut State, id: &str, now: Instant) -> Option<Arc<Service>> {
+    fn remove_locked(
+        &self,
+        state: &mut State,
+        id: &str,
+        now: Instant,
+        reason: FreeReason,
+    ) -> Option<Arc<Service>> {
         let service = state.by_id.remove(id)?;
         state.index.remove(&service);
         state.ports.release(&service.host, service.port, now);
-        self.publish(state, ChangeKind::Freed, service.clone(), None);
+        self.publish(state, ChangeKind::Freed(reason), service.clone(), None);
         Some(service)
     }
 
@@ -595,14 +652,28 @@ impl Registry {
         let mut state = self.lock();
         for id in state.sessions.due(now) {
             if let Some(session) = state.sessions.open.remove(&id) {
-                tracing::info!(session = %id, services = session.services.len(), "session expired");
+                tracing::info!(
+                    session = session.label,
+                    services = session.services.len(),
+                    "session expired"
+                );
                 for service in session.services.into_services() {
-                    self.remove_locked(&mut state, &service.id, now);
+                    self.remove_locked(&mut state, &service.id, now, FreeReason::Expired);
                 }
             }
         }
         state.sessions.next_deadline()
     }
+}
+
+/// Whether a call may use the server's own session.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pinned {
+    /// The server registering itself.
+    Allowed,
+    /// Any client's call: the server's session is as unknown to it as any
+    /// id it never opened.
+    Refused,
 }
 
 /// The session `id`, if it is open and belongs to `actor`'s identity.
@@ -611,15 +682,18 @@ fn session_of<'a>(
     state: &'a State,
     id: &str,
     actor: &Actor,
+    pinned: Pinned,
 ) -> Result<(&'a Arc<str>, &'a Session)> {
     let (key, session) = state
         .sessions
         .open
         .get_key_value(id)
-        .ok_or_else(|| RegistryError::UnknownSession(id.to_string()))?;
+        .ok_or(RegistryError::UnknownSession)?;
+    if session.deadline.is_none() && pinned == Pinned::Refused {
+        return Err(RegistryError::UnknownSession);
+    }
     if *session.owner != *actor.identity {
         return Err(RegistryError::NotSessionOwner {
-            session: id.to_string(),
             owner: session.owner.to_string(),
         });
     }
@@ -639,15 +713,16 @@ fn place(state: &mut State, service: &Arc<Service>) {
 
 /// The service `id`, if `actor` may change it through `session_id`: the
 /// session that holds it, or under mTLS any session of the owning identity,
-/// or (when `admin_may`) an admin.
+/// or (when `admin_may`) an admin. Also says whether the caller is its
+/// owner (rather than an admin).
 fn authorize<'a>(
     state: &'a State,
     session_id: &str,
     id: &str,
     actor: &Actor,
     admin_may: bool,
-) -> Result<&'a Arc<Service>> {
-    session_of(state, session_id, actor)?;
+) -> Result<(&'a Arc<Service>, bool)> {
+    session_of(state, session_id, actor, Pinned::Refused)?;
     let service = state
         .by_id
         .get(id)
@@ -655,7 +730,7 @@ fn authorize<'a>(
     let owner = *service.session_id == *session_id
         || (!service.owner.is_empty() && *service.owner == *actor.identity);
     if owner || (admin_may && actor.admin) {
-        return Ok(service);
+        return Ok((service, owner));
     }
     Err(RegistryError::NotOwner {
         id: id.to_string(),
@@ -672,27 +747,58 @@ pub fn namespace_or_default(namespace: &str) -> Result<&str> {
     Ok(namespace)
 }
 
+/// Longest host name, as RFC 1123 allows.
+const MAX_HOST_LEN: usize = 253;
+
+/// Longest registration id.
+const MAX_ID_LEN: usize = 128;
+
+/// A host is an IP address (IPv6 without brackets) or an RFC 1123 name:
+/// dot-separated labels of 1-63 letters, digits and `-`, not starting or
+/// ending with `-`, at most 253 bytes in all. Anything else would be
+/// handed to every client that connects to it.
 fn check_host(host: &str) -> Result<()> {
-    if host.len() > 253
-        || host
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == '@')
-    {
+    if host.len() > MAX_HOST_LEN {
         return Err(RegistryError::Invalid(format!(
-            "host {host:?} is not a host name or address; give one such as 10.0.0.5 or web-1.internal (at most 253 bytes)"
+            "host is {} bytes long; the limit is {MAX_HOST_LEN}",
+            host.len()
+        )));
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if name.is_empty() || !name.split('.').all(label_ok) {
+        return Err(RegistryError::Invalid(format!(
+            "host {} is neither an IP address nor a host name; give one such as 10.0.0.5, fd00::5 (no brackets) or web-1.internal: labels of letters, digits and `-`, no port",
+            quote(host)
         )));
     }
     Ok(())
 }
 
 fn check_id(id: &str) -> Result<()> {
-    let ok = id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
-    if !ok {
+    if id.len() > MAX_ID_LEN {
         return Err(RegistryError::Invalid(format!(
-            "id {id:?} is not valid; use at most 128 letters, digits, `.`, `_`, `-` or `:`"
+            "id is {} bytes long; the limit is {MAX_ID_LEN}",
+            id.len()
+        )));
+    }
+    if !id
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b':'))
+    {
+        return Err(RegistryError::Invalid(format!(
+            "id {} is not valid; use letters, digits, `.`, `_`, `-` or `:`",
+            quote(id)
         )));
     }
     Ok(())

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hashbrown::HashMap;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::by_id::ServicesById;
@@ -14,12 +15,79 @@ use super::by_id::ServicesById;
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) ttl: Duration,
-    /// `None` for the server's own session, which never expires.
+    /// `None` for the server's own session, which never expires and which
+    /// no client may use.
     pub(crate) deadline: Option<Instant>,
     pub(crate) observed_host: String,
     pub(crate) owner: Arc<str>,
+    /// A number for logs: the id is a secret of the session's holder.
+    pub(crate) label: u64,
     /// The registrations it holds: the same `Arc`s as the registry's.
     pub(crate) services: ServicesById,
+    /// What an admin freed and the holder must hear of.
+    pub(crate) evictions: Evictions,
+}
+
+/// An admin's free of one of a session's registrations, as its holder
+/// hears of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Eviction {
+    /// Id of the registration freed.
+    pub id: String,
+    /// Identity of the admin.
+    pub by: String,
+}
+
+/// Ids of a session an admin freed, so the session cannot register them
+/// again, and the notices its Heartbeat stream has yet to carry.
+#[derive(Debug, Default)]
+pub(crate) struct Evictions {
+    /// Freed ids, newest last; at most [`EVICTIONS_KEPT`].
+    ids: Vec<String>,
+    /// The holder's stream, while one is attached.
+    stream: Option<mpsc::UnboundedSender<Eviction>>,
+    /// Notices made while no stream was attached.
+    undelivered: Vec<Eviction>,
+}
+
+/// Evicted ids a session remembers; admins are trusted, but memory is
+/// bounded all the same.
+const EVICTIONS_KEPT: usize = 1024;
+
+impl Evictions {
+    /// Records an eviction and tells the holder, now or on its next stream.
+    pub(crate) fn record(&mut self, eviction: Eviction) {
+        if self.ids.len() >= EVICTIONS_KEPT {
+            self.ids.remove(0);
+        }
+        self.ids.push(eviction.id.clone());
+        let unsent = match &self.stream {
+            Some(stream) => stream.send(eviction).err().map(|e| e.0),
+            None => Some(eviction),
+        };
+        if let Some(eviction) = unsent {
+            self.stream = None;
+            if self.undelivered.len() < EVICTIONS_KEPT {
+                self.undelivered.push(eviction);
+            }
+        }
+    }
+
+    /// True when an admin freed `id` in this session.
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.ids.iter().any(|e| e == id)
+    }
+
+    /// A new stream for the holder's notices, replacing any earlier one;
+    /// it starts with those not yet delivered.
+    pub(crate) fn attach(&mut self) -> mpsc::UnboundedReceiver<Eviction> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for eviction in self.undelivered.drain(..) {
+            let _ = tx.send(eviction);
+        }
+        self.stream = Some(tx);
+        rx
+    }
 }
 
 /// The open sessions and their expiry queue.
@@ -88,7 +156,9 @@ mod tests {
             deadline: Some(now + ttl),
             observed_host: "h".into(),
             owner: "".into(),
+            label: 0,
             services: Default::default(),
+            evictions: Default::default(),
         }
     }
 

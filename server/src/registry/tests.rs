@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use seaport::FreeReason;
 use tokio_stream::StreamExt;
 
 use super::*;
@@ -52,7 +53,7 @@ async fn a_session_expires_after_its_ttl_without_pings() {
     );
     assert!(matches!(
         registry.touch(&s.id),
-        Err(RegistryError::UnknownSession(_))
+        Err(RegistryError::UnknownSession)
     ));
 }
 
@@ -191,4 +192,150 @@ fn generated_ids_are_128_random_bits_in_lowercase_hex() {
             ids.iter().map(|id| id.as_bytes()[at]).collect();
         assert!(digits.len() > 1, "digit {at} never changes");
     }
+}
+
+#[tokio::test]
+async fn no_client_can_use_the_servers_own_session() {
+    let (registry, _guard) = Registry::new(Limits::default());
+    let own = registry
+        .register_server(NewService {
+            role: "seaport@1.0.0".into(),
+            host: "10.0.0.1".into(),
+            port: 9090,
+            ..Default::default()
+        })
+        .unwrap();
+    let pinned = own.session_id.to_string();
+    let anyone = Actor::default();
+    let new = NewService {
+        session_id: pinned.clone(),
+        role: "web".into(),
+        host: "10.0.0.1".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        registry.register(new, &anyone),
+        Err(RegistryError::UnknownSession)
+    ));
+    assert!(matches!(
+        registry.free(&pinned, &own.id, &anyone),
+        Err(RegistryError::UnknownSession)
+    ));
+    assert!(matches!(
+        registry.update(&pinned, &own.id, MetadataChange::default(), &anyone),
+        Err(RegistryError::UnknownSession)
+    ));
+    assert!(matches!(
+        registry.resume_session(&pinned, &anyone),
+        Err(RegistryError::UnknownSession)
+    ));
+    assert_eq!(registry.query(&selector("seaport")).0, [own]);
+}
+
+/// The reason of each FREED event `watch` has ready.
+async fn free_reasons(watch: &mut Watch, count: usize) -> Vec<Option<FreeReason>> {
+    let mut reasons = Vec::new();
+    while reasons.len() < count {
+        let event = watch.next().await.unwrap();
+        if event.kind == EventKind::Freed {
+            reasons.push(event.reason);
+        }
+    }
+    reasons
+}
+
+#[tokio::test(start_paused = true)]
+async fn frees_say_why_and_an_admins_is_final() {
+    let (registry, _guard) = Registry::new(Limits::default());
+    let mut watch = registry.watch(selector("web"), 0);
+    let alice = Actor {
+        identity: "alice".into(),
+        admin: false,
+    };
+    let ops = Actor {
+        identity: "ops".into(),
+        admin: true,
+    };
+    let s = registry.open_session(Some(Duration::from_secs(2)), "h".into(), "alice".into());
+    let mut notices = registry.evictions(&s.id).unwrap();
+    let register_as = |id: &str| {
+        registry.register(
+            NewService {
+                session_id: s.id.clone(),
+                role: "web".into(),
+                id: id.into(),
+                ..Default::default()
+            },
+            &alice,
+        )
+    };
+    register_as("mine").unwrap();
+    register_as("evicted").unwrap();
+    registry.free(&s.id, "mine", &alice).unwrap();
+    let admin_session = registry.open_session(None, "h".into(), "ops".into());
+    registry.free(&admin_session.id, "evicted", &ops).unwrap();
+    assert_eq!(
+        notices.try_recv().unwrap(),
+        Eviction {
+            id: "evicted".into(),
+            by: "ops".into()
+        },
+        "the holder is told"
+    );
+    assert!(
+        matches!(register_as("evicted"), Err(RegistryError::Evicted(id)) if id == "evicted"),
+        "the session cannot register it again"
+    );
+    register_as("expiring").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let closing = registry.open_session(None, "h".into(), "alice".into());
+    registry
+        .register(
+            NewService {
+                session_id: closing.id.clone(),
+                role: "web".into(),
+                ..Default::default()
+            },
+            &alice,
+        )
+        .unwrap();
+    registry.close_session(&closing.id).unwrap();
+    assert_eq!(
+        free_reasons(&mut watch, 4).await,
+        [
+            Some(FreeReason::Owner),
+            Some(FreeReason::Admin),
+            Some(FreeReason::Expired),
+            Some(FreeReason::Closed)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn evictions_made_while_no_stream_is_attached_wait_for_the_next() {
+    let (registry, _guard) = Registry::new(Limits::default());
+    let s = registry.open_session(None, "h".into(), "alice".into());
+    let alice = Actor {
+        identity: "alice".into(),
+        admin: false,
+    };
+    let web = registry
+        .register(
+            NewService {
+                session_id: s.id.clone(),
+                role: "web".into(),
+                ..Default::default()
+            },
+            &alice,
+        )
+        .unwrap();
+    drop(registry.evictions(&s.id));
+    let ops = Actor {
+        identity: "ops".into(),
+        admin: true,
+    };
+    let admin_session = registry.open_session(None, "h".into(), "ops".into());
+    registry.free(&admin_session.id, &web.id, &ops).unwrap();
+    let mut resumed = registry.evictions(&s.id).unwrap();
+    assert_eq!(resumed.try_recv().unwrap().id, web.id);
 }

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use seaport::{EventKind, Pattern, Service};
+use seaport::{EventKind, FreeReason, Pattern, Service};
 use tokio::sync::broadcast;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
@@ -43,7 +43,7 @@ impl Selector {
         let now = self.matches(&change.service);
         match change.kind {
             ChangeKind::Registered => now.then_some(EventKind::Registered),
-            ChangeKind::Freed => now.then_some(EventKind::Freed),
+            ChangeKind::Freed(_) => now.then_some(EventKind::Freed),
             ChangeKind::Updated => {
                 let before = change.previous.as_deref().is_some_and(|p| self.matches(p));
                 match (before, now) {
@@ -64,8 +64,8 @@ pub enum ChangeKind {
     Registered,
     /// A service's metadata changed.
     Updated,
-    /// A service was removed.
-    Freed,
+    /// A service was removed, and why.
+    Freed(FreeReason),
 }
 
 /// One change of the registry, shared by every watcher through an `Arc`.
@@ -90,6 +90,34 @@ pub struct WatchEvent {
     pub service: Option<Arc<Service>>,
     /// Revision of the change, or of the snapshot.
     pub revision: u64,
+    /// For a free: why (none when an update moved it out of the set).
+    pub reason: Option<FreeReason>,
+}
+
+impl WatchEvent {
+    /// A marker or snapshot event, about no change.
+    pub(super) fn marker(kind: EventKind, service: Option<Arc<Service>>, revision: u64) -> Self {
+        WatchEvent {
+            kind,
+            service,
+            revision,
+            reason: None,
+        }
+    }
+
+    /// What `change` looks like to a watcher that classified it as `kind`.
+    pub(super) fn of(change: &Change, kind: EventKind) -> Self {
+        let reason = match change.kind {
+            ChangeKind::Freed(reason) if kind == EventKind::Freed => Some(reason),
+            _ => None,
+        };
+        WatchEvent {
+            kind,
+            service: Some(change.service.clone()),
+            revision: change.revision,
+            reason,
+        }
+    }
 }
 
 /// A live watch: the pending snapshot or replay, then the shared feed, as a
@@ -135,21 +163,13 @@ impl Stream for Watch {
             match ready!(Pin::new(&mut this.feed).poll_next(cx)) {
                 Some(Ok(change)) => {
                     if let Some(kind) = this.selector.classify(&change) {
-                        return Poll::Ready(Some(WatchEvent {
-                            kind,
-                            service: Some(change.service.clone()),
-                            revision: change.revision,
-                        }));
+                        return Poll::Ready(Some(WatchEvent::of(&change, kind)));
                     }
                 }
                 Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
                     let (feed, mut pending) = this.registry.snapshot(&this.selector);
                     let revision = pending.back().map_or(0, |e| e.revision);
-                    pending.push_front(WatchEvent {
-                        kind: EventKind::Reset,
-                        service: None,
-                        revision,
-                    });
+                    pending.push_front(WatchEvent::marker(EventKind::Reset, None, revision));
                     this.feed = BroadcastStream::new(feed);
                     this.pending = pending;
                 }

@@ -46,7 +46,6 @@ class Service:
     metadata: Mapping[str, str] = field(default_factory=dict)
     namespace: str = ""
     owner: str = ""
-    session_id: str = ""
 
     @property
     def address(self) -> str:
@@ -58,7 +57,7 @@ class Service:
 
     @classmethod
     def of(cls, s: pb.Service) -> "Service":
-        return cls(s.id, s.name, s.version, s.host, s.port, dict(s.metadata), s.namespace, s.owner, s.session_id)
+        return cls(s.id, s.name, s.version, s.host, s.port, dict(s.metadata), s.namespace, s.owner)
 
 
 @dataclass(frozen=True)

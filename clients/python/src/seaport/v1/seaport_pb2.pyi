@@ -7,8 +7,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FreeReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FREE_REASON_UNSPECIFIED: _ClassVar[FreeReason]
+    FREE_REASON_OWNER: _ClassVar[FreeReason]
+    FREE_REASON_CLOSED: _ClassVar[FreeReason]
+    FREE_REASON_EXPIRED: _ClassVar[FreeReason]
+    FREE_REASON_ADMIN: _ClassVar[FreeReason]
+FREE_REASON_UNSPECIFIED: FreeReason
+FREE_REASON_OWNER: FreeReason
+FREE_REASON_CLOSED: FreeReason
+FREE_REASON_EXPIRED: FreeReason
+FREE_REASON_ADMIN: FreeReason
+
 class Service(_message.Message):
-    __slots__ = ("id", "name", "version", "host", "port", "metadata", "namespace", "owner", "session_id", "create_revision", "mod_revision")
+    __slots__ = ("id", "name", "version", "host", "port", "metadata", "namespace", "owner", "create_revision", "mod_revision")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,7 +37,6 @@ class Service(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
-    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
     MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
     id: str
@@ -35,10 +47,9 @@ class Service(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     namespace: str
     owner: str
-    session_id: str
     create_revision: int
     mod_revision: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., owner: _Optional[str] = ..., session_id: _Optional[str] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., owner: _Optional[str] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("open", "resume", "ping", "close")
@@ -77,14 +88,16 @@ class CloseSession(_message.Message):
     def __init__(self) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("opened", "pong", "closed")
+    __slots__ = ("opened", "pong", "closed", "evicted")
     OPENED_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
     CLOSED_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_FIELD_NUMBER: _ClassVar[int]
     opened: SessionOpened
     pong: Pong
     closed: SessionClosed
-    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., closed: _Optional[_Union[SessionClosed, _Mapping]] = ...) -> None: ...
+    evicted: Evicted
+    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., closed: _Optional[_Union[SessionClosed, _Mapping]] = ..., evicted: _Optional[_Union[Evicted, _Mapping]] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
     __slots__ = ("session_id", "ttl_ms", "observed_host", "resumed", "server_version")
@@ -105,6 +118,14 @@ class Pong(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     seq: int
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
+
+class Evicted(_message.Message):
+    __slots__ = ("id", "by")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    by: str
+    def __init__(self, id: _Optional[str] = ..., by: _Optional[str] = ...) -> None: ...
 
 class SessionClosed(_message.Message):
     __slots__ = ("freed",)
@@ -256,7 +277,7 @@ class WatchRequest(_message.Message):
     def __init__(self, pattern: _Optional[str] = ..., namespace: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., since_revision: _Optional[int] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("kind", "service", "revision")
+    __slots__ = ("kind", "service", "revision", "reason")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[WatchEvent.Kind]
@@ -276,7 +297,9 @@ class WatchEvent(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     kind: WatchEvent.Kind
     service: Service
     revision: int
-    def __init__(self, kind: _Optional[_Union[WatchEvent.Kind, str]] = ..., service: _Optional[_Union[Service, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    reason: FreeReason
+    def __init__(self, kind: _Optional[_Union[WatchEvent.Kind, str]] = ..., service: _Optional[_Union[Service, _Mapping]] = ..., revision: _Optional[int] = ..., reason: _Optional[_Union[FreeReason, str]] = ...) -> None: ...

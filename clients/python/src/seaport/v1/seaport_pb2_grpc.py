@@ -107,7 +107,8 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Free(self, request, context):
-        """Free removes a registration. Only its owner may.
+        """Free removes a registration. Only its owner, or an admin, may; an
+        admin's free is final (the owner's session is told, see Evicted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

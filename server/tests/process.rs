@@ -1,0 +1,126 @@
+//! seaportd as a process: what only a real process shows (signals, the
+//! file descriptor limit).
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use seaport::pb::{self, registry_client::RegistryClient};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// How long any wait in these tests lasts at most.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A seaportd started by `sh -c` (so a shell can set limits first), and the
+/// address it serves on, read from its log.
+struct Seaportd {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Seaportd {
+    /// Starts seaportd on an ephemeral port after the shell commands `setup`.
+    async fn start(setup: &str) -> Self {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{setup}\nexec \"$0\" --listen 127.0.0.1:0"))
+            .arg(env!("CARGO_BIN_EXE_seaportd"))
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("seaportd starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(at) = line.find("local=") {
+                    let rest = &line[at + "local=".len()..];
+                    let addr = rest.split_whitespace().next().unwrap();
+                    return addr.parse::<SocketAddr>().unwrap();
+                }
+            }
+            panic!("seaportd ended before serving");
+        })
+        .await
+        .expect("seaportd says where it serves");
+        // Keep draining the log so seaportd never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Seaportd { child, addr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// CPU time used so far (user and system), from /proc.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+    }
+
+    /// A query answered, within `limit`.
+    async fn answers_within(&self, limit: Duration) -> bool {
+        let addr = self.addr;
+        let query = async move {
+            let mut client = RegistryClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?;
+            client.query(pb::QueryRequest::default()).await.ok()
+        };
+        matches!(tokio::time::timeout(limit, query).await, Ok(Some(_)))
+    }
+}
+
+/// Clock ticks per second, as /proc counts CPU time.
+fn clock_ticks() -> u64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn sighup_in_plaintext_leaves_it_serving() {
+    let seaportd = Seaportd::start("").await;
+    assert!(seaportd.answers_within(PATIENCE).await);
+    let pid = seaportd.pid();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        seaportd.answers_within(PATIENCE).await,
+        "still serving after SIGHUP"
+    );
+}
+
+#[tokio::test]
+async fn out_of_descriptors_it_backs_off_and_recovers() {
+    let seaportd = Seaportd::start("ulimit -n 256").await;
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(seaportd.addr).await.unwrap());
+    }
+    // Let it run out, then measure a quiet two seconds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = seaportd.cpu();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = seaportd.cpu() - before;
+    assert!(
+        used < Duration::from_millis(200),
+        "used {used:?} of CPU in 2s while out of descriptors"
+    );
+    drop(idle);
+    assert!(
+        seaportd.answers_within(Duration::from_secs(2)).await,
+        "answers again soon after the connections close"
+    );
+}
