@@ -46,6 +46,28 @@ async fn seaportctl(args: &[&str]) -> Output {
     tokio::time::timeout(PATIENCE, run).await.unwrap().unwrap()
 }
 
+/// seaportctl's flags to reach `server` as identity `who` of `dir`.
+fn as_identity(server: SocketAddr, dir: &Path, who: &str) -> Vec<String> {
+    let d = dir.display();
+    vec![
+        "--server".into(),
+        server.to_string(),
+        "--ca".into(),
+        format!("{d}/ca.pem"),
+        "--cert".into(),
+        format!("{d}/client-{who}.pem"),
+        "--key".into(),
+        format!("{d}/client-{who}-key.pem"),
+    ]
+}
+
+/// seaportctl as identity `who`, with `args` after the connection flags.
+async fn seaportctl_as(server: SocketAddr, dir: &Path, who: &str, args: &[&str]) -> Output {
+    let mut all = as_identity(server, dir, who);
+    all.extend(args.iter().map(|a| a.to_string()));
+    seaportctl(&all.iter().map(String::as_str).collect::<Vec<_>>()).await
+}
+
 /// CA with clients alice, bob and ops in `dir`.
 async fn certs(dir: &Path, clients: &[&str]) {
     let mut args = vec!["certs", "init", dir.to_str().unwrap()];
@@ -328,21 +350,12 @@ async fn the_policy_decides_who_registers_what_and_who_frees_anything() {
     assert_eq!(update_by_bob.code(), Some(Code::PermissionDenied));
 
     // The owning identity may update it from another session: here seaportctl's.
-    let d = dir.0.display().to_string();
-    let out = seaportctl(&[
-        "--server",
-        &server.addr.to_string(),
-        "--ca",
-        &format!("{d}/ca.pem"),
-        "--cert",
-        &format!("{d}/client-alice.pem"),
-        "--key",
-        &format!("{d}/client-alice-key.pem"),
-        "update",
-        web.id(),
-        "--meta",
-        "zone=b",
-    ])
+    let out = seaportctl_as(
+        server.addr,
+        &dir.0,
+        "alice",
+        &["update", web.id(), "--meta", "zone=b"],
+    )
     .await;
     assert!(
         out.status.success(),
@@ -356,19 +369,7 @@ async fn the_policy_decides_who_registers_what_and_who_frees_anything() {
     );
 
     // The admin frees it, here through seaportctl.
-    let out = seaportctl(&[
-        "--server",
-        &server.addr.to_string(),
-        "--ca",
-        &format!("{d}/ca.pem"),
-        "--cert",
-        &format!("{d}/client-ops.pem"),
-        "--key",
-        &format!("{d}/client-ops-key.pem"),
-        "free",
-        web.id(),
-    ])
-    .await;
+    let out = seaportctl_as(server.addr, &dir.0, "ops", &["free", web.id()]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -622,26 +623,11 @@ async fn seaportctl_register_stops_its_command_when_an_admin_frees_it() {
     certs(&dir.0, &["alice", "ops"]).await;
     let policy = "admins = [\"ops\"]\n[[allow]]\nidentities = [\"alice\"]\nnames = [\"*\"]\n";
     let server = server(&dir.0, dir.0.join("ca.pem"), Some(policy), false).await;
-    let d = dir.0.display().to_string();
     let pidfile = dir.0.join("child.pid");
     let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
     let mut ctl = tokio::process::Command::new(env!("CARGO_BIN_EXE_seaportctl"))
-        .args([
-            "--server",
-            &server.addr.to_string(),
-            "--ca",
-            &format!("{d}/ca.pem"),
-            "--cert",
-            &format!("{d}/client-alice.pem"),
-            "--key",
-            &format!("{d}/client-alice-key.pem"),
-            "register",
-            "web@1.0.0",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
+        .args(as_identity(server.addr, &dir.0, "alice"))
+        .args(["register", "web@1.0.0", "--", "sh", "-c", &script])
         .kill_on_drop(true)
         .spawn()
         .unwrap();
