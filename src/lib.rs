@@ -17,8 +17,10 @@ pub use convert::ConvertError;
 pub use duration::parse_duration;
 pub use event::EventKind;
 pub use metadata::Metadata;
-pub use range::{Range, RangeError};
-pub use role::{MAX_NAME_LEN, Pattern, Role, RoleError, validate_name};
+pub use range::{MAX_RANGE_LEN, Range, RangeError};
+pub use role::{
+    MAX_NAME_LEN, MAX_PATTERN_LEN, MAX_ROLE_LEN, Pattern, Role, RoleError, validate_name,
+};
 pub use service::Service;
 
 /// Code generated from the proto: messages and the `Registry` client.
