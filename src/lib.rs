@@ -19,7 +19,7 @@ pub use duration::parse_duration;
 pub use event::{EventKind, FreeReason};
 pub use metadata::Metadata;
 pub use quote::{QUOTE_LIMIT, Quoted, quote};
-pub use range::{Range, RangeError};
+pub use range::{MAX_RANGE_LEN, Range, RangeError};
 pub use role::{
     MAX_NAME_LEN, MAX_PATTERN_LEN, MAX_ROLE_LEN, Pattern, Role, RoleError, validate_name,
 };

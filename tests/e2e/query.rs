@@ -38,6 +38,23 @@ async fn versions_select_by_semver_range() {
 }
 
 #[tokio::test]
+async fn an_empty_range_is_star_as_in_npm() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let s = open(&mut client, 0).await;
+    for role in ["beep@0.1.2", "beep@1.3.0-beta", "beep"] {
+        register(&mut client, &s, role).await;
+    }
+    for pattern in ["beep@", "beep@ ", "beep@*", "beep@* || 1.3.0-beta"] {
+        assert_eq!(
+            versions(&query(&mut client, pattern).await),
+            ["0.1.2"],
+            "{pattern:?}: every release, no prerelease, no unversioned service"
+        );
+    }
+}
+
+#[tokio::test]
 async fn results_are_ordered_by_name_then_version_descending_then_id() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -76,7 +93,10 @@ async fn an_invalid_range_is_an_error_never_a_string_match() {
         ("web@>>1", "has two operators"),
         ("web@latest", "is not a version"),
         ("web@18446744073709551615.x", "has a number too large"),
-        ("web@", "nothing after `@`"),
+        ("web@v=1.2.3", "has a prefix npm does not accept"),
+        ("web@1.2.3-", "ends its version in `-`"),
+        ("web@1.2.3 -", "is a hyphen with a side missing"),
+        ("web@x.1.2", "has a wildcard before a number"),
         ("Web", "use lowercase letters"),
     ] {
         let r = client
