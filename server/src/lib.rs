@@ -37,9 +37,9 @@ pub enum ServerError {
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
-    /// The gRPC transport failed.
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    /// The server stopped serving before it was told to.
+    #[error("the server stopped serving on its own; this is a bug, please report it")]
+    Stopped,
     /// Reflection could not be set up from the descriptor sets.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -146,7 +146,7 @@ pub async fn run_with_admin(
     tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), tls = config.tls.is_some(), "seaportd serving");
 
     tokio::select! {
-        _ = &mut server => return Ok(()),
+        _ = &mut server => return Err(ServerError::Stopped),
         _ = shutdown => {}
     }
     tracing::info!(drain_delay = ?config.drain_delay, "shutting down: reporting NOT_SERVING");
@@ -158,7 +158,7 @@ pub async fn run_with_admin(
         .await;
     let _ = serving_tx.send(false);
     tokio::select! {
-        _ = &mut server => return Ok(()),
+        _ = &mut server => return Err(ServerError::Stopped),
         _ = tokio::time::sleep(config.drain_delay) => {}
     }
     let _ = stop_tx.send(true);

@@ -1,15 +1,21 @@
-//! Serving the gRPC connections: hyper's HTTP/2 server, run as tonic's
-//! `Server` runs it, but with our own executor for the streams' tasks.
+//! Serving the gRPC connections: our own accept loop and hyper's HTTP/2
+//! server, as tonic's `Server` runs it, with what tonic's lacks.
 //!
-//! Why: hyper sends each answer from the stream's own task, and after every
-//! frame it reserves capacity for the next, which h2 grants at once by
-//! waking the task that asked, the one running. tokio takes a task that
-//! wakes itself as a yield: it queues it again and unparks an idle worker,
-//! which wakes, finds nothing to do and parks: a futex call and two context
-//! switches for each answer on a quiet server, most of what a heartbeat's
-//! pong costs. tonic's `Server` spawns these tasks on tokio as they are, so
-//! [`serve`] spawns them wrapped in [`Repoll`], which polls a task that
-//! woke itself again at once.
+//! The accept loop bounds what a stranger can hold: connections past
+//! `--max-connections` are closed as they arrive, accept errors such as
+//! EMFILE back off rather than spin, a connection gets `--handshake-timeout`
+//! for its TLS handshake and HTTP/2 preface, and one with no open call is
+//! closed after `--idle-timeout`. Like tonic's, it enforces each call's
+//! `grpc-timeout` on the wait for its answer.
+//!
+//! Streams' tasks run under our own executor: hyper sends each answer from
+//! the stream's own task, and after every frame it reserves capacity for
+//! the next, which h2 grants at once by waking the task that asked, the one
+//! running. tokio takes a task that wakes itself as a yield: it queues it
+//! again and unparks an idle worker, which wakes, finds nothing to do and
+//! parks: a futex call and two context switches for each answer on a quiet
+//! server, most of what a heartbeat's pong costs. So [`serve`] spawns them
+//! wrapped in [`Repoll`], which polls a task that woke itself again at once.
 
 use std::future::Future;
 use std::io;
@@ -228,9 +234,26 @@ impl Server {
             let mut request = request.map(tonic::body::Body::new);
             request.extensions_mut().insert(info.clone());
             let stream = StreamGuard::new(tracked.clone());
+            let deadline = request
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_grpc_timeout);
             let answer = routes.clone().oneshot(request);
             async move {
-                let response = answer.await?;
+                // The call's deadline bounds the wait for its answer, as
+                // tonic's own server does; a stream, once answered, is the
+                // client's to end.
+                let response = match deadline {
+                    Some(limit) => match tokio::time::timeout(limit, answer).await {
+                        Ok(response) => response?,
+                        Err(_) => tonic::Status::deadline_exceeded(format!(
+                            "the call's deadline ({limit:?}) passed before it was answered"
+                        ))
+                        .into_http(),
+                    },
+                    None => answer.await?,
+                };
                 Ok::<_, std::convert::Infallible>(
                     response.map(|body| tonic::body::Body::new(Guarded { body, stream })),
                 )
@@ -262,6 +285,27 @@ impl Server {
             log_end(result);
         }
     }
+}
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit.
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if !value.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn log_end(result: hyper::Result<()>) {
@@ -568,6 +612,22 @@ mod tests {
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
         (wakes, waker)
+    }
+
+    #[test]
+    fn grpc_timeout_header_values_parse() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("123456789m"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(
+            parse_grpc_timeout("5é"),
+            None,
+            "no panic on a multi-byte unit"
+        );
     }
 
     #[test]

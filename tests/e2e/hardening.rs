@@ -506,3 +506,51 @@ async fn an_open_health_watch_does_not_hold_shutdown() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn the_calls_deadline_bounds_the_wait_for_its_answer() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    // A bare HTTP/2 client: tonic's own would time the call out itself.
+    let server = TestServer::start().await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // A Heartbeat that never sends its first message waits for it up to
+    // 10s on its own; the call's deadline ends it sooner.
+    let silent = StreamBody::new(futures_pending::<Frame<prost::bytes::Bytes>>());
+    let request = hyper::Request::post(format!(
+        "http://{}/seaport.v1.Registry/Heartbeat",
+        server.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("grpc-timeout", "300m")
+    .body(silent)
+    .unwrap();
+    let started = Instant::now();
+    let response = tokio::time::timeout(PATIENCE, send.send_request(request))
+        .await
+        .expect("answered")
+        .unwrap();
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(status.as_deref(), Some("4"), "DEADLINE_EXCEEDED");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A body stream that never yields.
+fn futures_pending<T>() -> impl tokio_stream::Stream<Item = Result<T, std::convert::Infallible>> {
+    tokio_stream::pending()
+}

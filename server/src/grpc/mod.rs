@@ -176,34 +176,13 @@ fn get_deadline<T>(request: &Request<T>, timeout_ms: u64) -> Option<Duration> {
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
+        .and_then(crate::serve::parse_grpc_timeout)
         .map(|d| d.saturating_sub(GET_DEADLINE_MARGIN));
     let from_field = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
     match (from_header, from_field) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
-}
-
-/// Parses a `grpc-timeout` header value: up to 8 digits and a unit.
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if !value.is_ascii() {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 #[tonic::async_trait]
@@ -383,26 +362,5 @@ impl RegistryApi for RegistryService {
                 Ok(watch_event(event))
             });
         Ok(Response::new(until_stop(events, &self.stop)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeout_header_values_parse() {
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("m"), None);
-        assert_eq!(parse_grpc_timeout("123456789m"), None);
-        assert_eq!(parse_grpc_timeout("5x"), None);
-        assert_eq!(parse_grpc_timeout(""), None);
-        assert_eq!(
-            parse_grpc_timeout("5é"),
-            None,
-            "no panic on a multi-byte unit"
-        );
     }
 }
