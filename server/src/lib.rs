@@ -82,15 +82,15 @@ pub async fn run_with_admin(
         None => None,
     };
     let policy = match &config.policy {
-        Some(path) => auth::Policy::load(path).map_err(ServerError::Policy)?,
-        None => auth::Policy::default(),
+        Some(path) => registry::Policy::load(path).map_err(ServerError::Policy)?,
+        None => registry::Policy::default(),
     };
     let auth = Arc::new(auth::Auth {
         mtls: config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         require_cert_for_reads: config.require_client_cert_for_reads,
-        policy: RwLock::new(Arc::new(policy)),
     });
     let (registry, _reaper) = Registry::new(config.limits.clone());
+    registry.set_policy(policy);
     register_self(&registry, &config, local)?;
 
     let health = tonic_health::server::HealthReporter::new();
@@ -121,7 +121,12 @@ pub async fn run_with_admin(
     }
     // Always: a SIGHUP must never end the process, even with nothing to
     // reload.
-    reload::start(config.clone(), tls.clone(), auth.clone(), stop_rx.clone());
+    reload::start(
+        config.clone(),
+        tls.clone(),
+        registry.clone(),
+        stop_rx.clone(),
+    );
     let registry_service = RegistryServer::new(RegistryService::new(
         registry.clone(),
         auth,

@@ -4,14 +4,13 @@
 //! ends seaportd, even when there is nothing to reload.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::Config;
-use crate::auth::{Auth, Policy};
+use crate::registry::{Policy, Registry};
 use crate::tls::SharedTlsConfig;
 
 /// How often file modification times are checked.
@@ -34,7 +33,7 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
 }
 
 /// Reloads everything; keeps what is in force when anything is broken.
-fn reload(config: &Config, tls: Option<&SharedTlsConfig>, auth: &Auth) {
+fn reload(config: &Config, tls: Option<&SharedTlsConfig>, registry: &Registry) {
     let new_tls = match (&config.tls, tls) {
         (Some(files), Some(_)) => match files.load() {
             Ok(c) => Some(c),
@@ -57,7 +56,7 @@ fn reload(config: &Config, tls: Option<&SharedTlsConfig>, auth: &Auth) {
         *shared.write().unwrap_or_else(|e| e.into_inner()) = c;
     }
     if let Some(p) = new_policy {
-        *auth.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+        registry.set_policy(p);
     }
     tracing::info!("reloaded certificates, client CA and policy");
 }
@@ -68,12 +67,12 @@ fn reload(config: &Config, tls: Option<&SharedTlsConfig>, auth: &Auth) {
 pub(crate) fn start(
     config: Config,
     tls: Option<SharedTlsConfig>,
-    auth: Arc<Auth>,
+    registry: Registry,
     stop: watch::Receiver<bool>,
 ) {
     match signal(SignalKind::hangup()) {
         Ok(hup) => {
-            tokio::spawn(watch(config, tls, auth, hup, stop));
+            tokio::spawn(watch(config, tls, registry, hup, stop));
         }
         Err(e) => tracing::warn!("no SIGHUP reloads: {e}"),
     }
@@ -82,7 +81,7 @@ pub(crate) fn start(
 async fn watch(
     config: Config,
     tls: Option<SharedTlsConfig>,
-    auth: Arc<Auth>,
+    registry: Registry,
     mut hup: tokio::signal::unix::Signal,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -98,13 +97,13 @@ async fn watch(
                 }
                 tracing::info!("SIGHUP: reloading");
                 seen = stamps(&files);
-                reload(&config, tls.as_ref(), &auth);
+                reload(&config, tls.as_ref(), &registry);
             }
             _ = poll.tick(), if !files.is_empty() => {
                 let now = stamps(&files);
                 if now != seen {
                     seen = now;
-                    reload(&config, tls.as_ref(), &auth);
+                    reload(&config, tls.as_ref(), &registry);
                 }
             }
             _ = stop.wait_for(|s| *s) => return,

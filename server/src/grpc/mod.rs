@@ -23,8 +23,7 @@ use crate::auth::Auth;
 use crate::registry::{
     MetadataChange, NewService, Registry, RegistryError, Selector, WatchEvent, namespace_or_default,
 };
-pub(crate) use status::log_refusal;
-use status::reject;
+pub(crate) use status::reject;
 
 pub use crate::pb::registry_server::RegistryServer;
 
@@ -208,18 +207,6 @@ impl RegistryApi for RegistryService {
         let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Register", true)?;
         let r = request.into_inner();
-        let refused = self
-            .auth
-            .refused_name(&actor.identity, &r.role)
-            .map_err(|e| reject("Register", peer, RegistryError::Role(e)))?;
-        if let Some(name) = refused {
-            let message = format!(
-                "identity {:?} may not register {name:?}; the server's --policy allows it other names only",
-                actor.identity
-            );
-            status::log_refusal("Register", peer, tonic::Code::PermissionDenied, &message);
-            return Err(Status::permission_denied(message));
-        }
         let new = NewService {
             session_id: r.session_id,
             role: r.role,
@@ -316,11 +303,14 @@ impl RegistryApi for RegistryService {
         let wait = self.registry.get(&selector);
         let (found, revision) = match deadline {
             Some(d) => tokio::time::timeout(d, wait).await.map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "no service matched {} within {}ms",
-                    seaport::quote(&r.pattern),
-                    d.as_millis()
-                ))
+                reject(
+                    "Get",
+                    peer,
+                    RegistryError::NothingMatched {
+                        pattern: r.pattern.clone(),
+                        waited_ms: d.as_millis(),
+                    },
+                )
             })?,
             None => wait.await,
         };

@@ -17,7 +17,11 @@ fn code(e: &RegistryError) -> Code {
         Role(_) | Invalid(_) => Code::InvalidArgument,
         UnknownSession | UnknownService(_) => Code::NotFound,
         PortTaken { .. } | IdTaken(_) | IdConflict { .. } => Code::AlreadyExists,
-        NotOwner { .. } | NotSessionOwner { .. } | Evicted(_) => Code::PermissionDenied,
+        NotOwner { .. } | NotSessionOwner { .. } | Evicted(_) | NotAllowed { .. } => {
+            Code::PermissionDenied
+        }
+        NoCertificate { .. } => Code::Unauthenticated,
+        NothingMatched { .. } => Code::DeadlineExceeded,
         PortsExhausted { .. } | TooManyRegistrations(_) | TooManyWatchers(_) => {
             Code::ResourceExhausted
         }

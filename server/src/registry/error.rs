@@ -81,6 +81,32 @@ pub enum RegistryError {
         /// Last port of the range.
         last: u16,
     },
+    /// The policy does not let this identity register this name.
+    #[error(
+        "identity {identity:?} may not register {name:?}; the server's --policy allows it other names only"
+    )]
+    NotAllowed {
+        /// The caller's identity.
+        identity: String,
+        /// The name asked for.
+        name: String,
+    },
+    /// The call needs a client certificate and came without one.
+    #[error(
+        "{rpc} needs a client certificate signed by this server's client CA; pass one (seaportctl --cert and --key)"
+    )]
+    NoCertificate {
+        /// The RPC called.
+        rpc: &'static str,
+    },
+    /// Nothing matched before the caller's deadline.
+    #[error("no service matched {} within {waited_ms}ms", quote(pattern))]
+    NothingMatched {
+        /// The pattern asked for.
+        pattern: String,
+        /// How long it waited.
+        waited_ms: u128,
+    },
     /// As many watches are open as the server allows.
     #[error("the server has {0} watches open, its limit; retry later, or raise --max-watchers")]
     TooManyWatchers(usize),

@@ -6,6 +6,7 @@ mod by_id;
 mod error;
 mod index;
 mod limits;
+mod policy;
 mod ports;
 mod sessions;
 mod watch;
@@ -13,7 +14,7 @@ mod watch;
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use seaport::{FreeReason, Metadata, Role, Service, quote, validate_name};
@@ -22,6 +23,7 @@ use tokio::time::Instant;
 
 pub use error::{RegistryError, Result};
 pub use limits::Limits;
+pub use policy::Policy;
 pub use seaport::EventKind;
 pub use sessions::Eviction;
 pub use watch::{Change, ChangeKind, Selector, Watch, WatchEvent};
@@ -42,6 +44,8 @@ struct Shared {
     /// map operations of one call, so it is cheaper than an async one.
     state: Mutex<State>,
     limits: Limits,
+    /// Who may register what and who is admin; replaced whole on reload.
+    policy: RwLock<Arc<Policy>>,
     /// Every change, for watches and `get` waiters. Sent while the state
     /// lock is held, so subscribing under the lock misses nothing.
     feed: broadcast::Sender<Arc<Change>>,
@@ -145,13 +149,11 @@ pub struct MetadataChange {
 }
 
 /// Who asks for a change: the identity of their client certificate (empty
-/// without mTLS) and whether the policy makes them an admin.
+/// without mTLS). What it may do is the [`Policy`]'s to say.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Actor {
     /// Certificate identity, or empty.
     pub identity: String,
-    /// May free any registration.
-    pub admin: bool,
 }
 
 /// Stops the session reaper when dropped.
@@ -205,6 +207,7 @@ impl Registry {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 limits,
+                policy: RwLock::default(),
                 feed,
                 reaper_wake: Notify::new(),
                 stopping: AtomicBool::new(false),
@@ -218,6 +221,15 @@ impl Registry {
     /// The limits this registry enforces.
     pub fn limits(&self) -> &Limits {
         &self.shared.limits
+    }
+
+    /// Puts `policy` in force for every call from now on.
+    pub fn set_policy(&self, policy: Policy) {
+        *self
+            .shared
+            .policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
     }
 
     fn lock(&self) -> Locked<'_> {
@@ -358,6 +370,17 @@ impl Registry {
             check_id(&new.id)?;
         }
         let role: Role = new.role.parse()?;
+        if pinned == Pinned::Refused {
+            // Read in place: a Register need not count a reference on the
+            // policy, a line every core would write.
+            let policy = self.shared.policy.read().unwrap_or_else(|e| e.into_inner());
+            if !policy.may_register(&actor.identity, &role.name) {
+                return Err(RegistryError::NotAllowed {
+                    identity: actor.identity.clone(),
+                    name: role.name,
+                });
+            }
+        }
         let namespace = namespace_or_default(&new.namespace)?;
         let metadata: Metadata = new.metadata.into_iter().collect();
         let port = u16::try_from(new.port).map_err(|_| {
@@ -499,8 +522,14 @@ impl Registry {
         // Read before the lock, as Register's is: the other core may be
         // waiting for it.
         let now = Instant::now();
+        let admin = self
+            .shared
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_admin(&actor.identity);
         let mut state = self.lock();
-        let (service, by_owner) = authorize(&state, session_id, id, actor, true)?;
+        let (service, by_owner) = authorize(&state, session_id, id, actor, admin)?;
         let service = service.clone();
         let reason = if by_owner {
             FreeReason::Owner
@@ -713,8 +742,8 @@ fn place(state: &mut State, service: &Arc<Service>) {
 
 /// The service `id`, if `actor` may change it through `session_id`: the
 /// session that holds it, or under mTLS any session of the owning identity,
-/// or (when `admin_may`) an admin. Also says whether the caller is its
-/// owner (rather than an admin).
+/// or an admin when `admin_may` (a free by an admin). Also says whether the
+/// caller is its owner (rather than an admin).
 fn authorize<'a>(
     state: &'a State,
     session_id: &str,
@@ -729,7 +758,7 @@ fn authorize<'a>(
         .ok_or_else(|| RegistryError::UnknownService(id.to_string()))?;
     let owner = *service.session_id == *session_id
         || (!service.owner.is_empty() && *service.owner == *actor.identity);
-    if owner || (admin_may && actor.admin) {
+    if owner || admin_may {
         return Ok((service, owner));
     }
     Err(RegistryError::NotOwner {

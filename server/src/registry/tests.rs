@@ -232,6 +232,9 @@ async fn no_client_can_use_the_servers_own_session() {
     assert_eq!(registry.query(&selector("seaport")).0, [own]);
 }
 
+/// A policy that makes `ops` an admin and lets anyone register anything.
+const OPS_ADMIN: &str = "admins = [\"ops\"]\n[[allow]]\nidentities = [\"*\"]\nnames = [\"*\"]\n";
+
 /// The reason of each FREED event `watch` has ready.
 async fn free_reasons(watch: &mut Watch, count: usize) -> Vec<Option<FreeReason>> {
     let mut reasons = Vec::new();
@@ -248,13 +251,12 @@ async fn free_reasons(watch: &mut Watch, count: usize) -> Vec<Option<FreeReason>
 async fn frees_say_why_and_an_admins_is_final() {
     let (registry, _guard) = Registry::new(Limits::default());
     let mut watch = registry.watch(selector("web"), 0);
+    registry.set_policy(Policy::parse(OPS_ADMIN, "test").unwrap());
     let alice = Actor {
         identity: "alice".into(),
-        admin: false,
     };
     let ops = Actor {
         identity: "ops".into(),
-        admin: true,
     };
     let s = registry.open_session(Some(Duration::from_secs(2)), "h".into(), "alice".into());
     let mut notices = registry.evictions(&s.id).unwrap();
@@ -315,9 +317,9 @@ async fn frees_say_why_and_an_admins_is_final() {
 async fn evictions_made_while_no_stream_is_attached_wait_for_the_next() {
     let (registry, _guard) = Registry::new(Limits::default());
     let s = registry.open_session(None, "h".into(), "alice".into());
+    registry.set_policy(Policy::parse(OPS_ADMIN, "test").unwrap());
     let alice = Actor {
         identity: "alice".into(),
-        admin: false,
     };
     let web = registry
         .register(
@@ -332,10 +334,32 @@ async fn evictions_made_while_no_stream_is_attached_wait_for_the_next() {
     drop(registry.evictions(&s.id));
     let ops = Actor {
         identity: "ops".into(),
-        admin: true,
     };
     let admin_session = registry.open_session(None, "h".into(), "ops".into());
     registry.free(&admin_session.id, &web.id, &ops).unwrap();
     let mut resumed = registry.evictions(&s.id).unwrap();
     assert_eq!(resumed.try_recv().unwrap().id, web.id);
+}
+
+#[tokio::test]
+async fn the_policy_decides_who_registers_what() {
+    let (registry, _guard) = Registry::new(Limits::default());
+    let policy = "[[allow]]\nidentities = [\"web-*\"]\nnames = [\"web\"]\n";
+    registry.set_policy(Policy::parse(policy, "test").unwrap());
+    let web1 = Actor {
+        identity: "web-1".into(),
+    };
+    let s = registry.open_session(None, "h".into(), "web-1".into());
+    let new = |role: &str| NewService {
+        session_id: s.id.clone(),
+        role: role.into(),
+        ..Default::default()
+    };
+    registry.register(new("web@1.0.0"), &web1).unwrap();
+    let refused = registry.register(new("db@1.0.0"), &web1).unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "identity \"web-1\" may not register \"db\"; the server's --policy allows it other names only"
+    );
+    assert_eq!(registry.query(&selector("")).0.len(), 1, "changed nothing");
 }
