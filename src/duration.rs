@@ -2,27 +2,16 @@
 
 use std::time::Duration;
 
-/// Parses `500ms`, `5s`, `2m` or `1h` (a whole number and a unit).
+/// Parses a duration as humantime reads one: `500ms`, `5s`, `2m`, `1h`,
+/// fractions (`1.5s`) or several joined (`1m 30s`). A bare number has no
+/// unit and is refused.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let hint = || {
-        format!("{text:?} is not a duration; write a whole number and a unit: 500ms, 5s, 2m or 1h")
-    };
-    let n: u64 = number.parse().map_err(|_| hint())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(hint),
-        "h" => n
-            .checked_mul(3600)
-            .map(Duration::from_secs)
-            .ok_or_else(hint),
-        _ => Err(hint()),
-    }
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!(
+            "{} is not a duration ({e}); write a number and a unit: 500ms, 5s, 2m or 1h",
+            crate::quote(text)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -40,7 +29,8 @@ mod tests {
                 .unwrap_err()
                 .contains("500ms, 5s, 2m or 1h")
         );
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("s").is_err());
-        assert!(parse_duration("1.5s").is_err());
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     }
 }

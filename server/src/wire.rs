@@ -81,18 +81,7 @@ fn version_len(v: &Version) -> usize {
 }
 
 fn put_number(n: u64, buf: &mut impl BufMut) {
-    let mut text = [0u8; 20];
-    let mut at = text.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        text[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.put_slice(&text[at..]);
+    buf.put_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Writes `version` as text without going through `fmt`, which is most of
