@@ -236,6 +236,45 @@ mod tests {
         }
     }
 
+    /// Every field the proto gives `Service` is written: a field added to
+    /// the proto and not here fails this test rather than vanishing from
+    /// every answer.
+    #[test]
+    fn every_field_of_the_protos_service_is_written() {
+        let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).unwrap();
+        let message = set
+            .file
+            .iter()
+            .filter(|f| f.package() == "seaport.v1")
+            .flat_map(|f| &f.message_type)
+            .find(|m| m.name() == "Service")
+            .expect("seaport.v1.Service");
+        let in_proto: std::collections::BTreeMap<u32, &str> = message
+            .field
+            .iter()
+            .map(|f| (f.number() as u32, f.name()))
+            .collect();
+        let full = service(Some("1.2.3"), &[("zone", "a")]);
+        let bytes = Service(Arc::new(full)).encode_to_vec();
+        let mut written = std::collections::BTreeSet::new();
+        let mut buf = bytes.as_slice();
+        while !buf.is_empty() {
+            let (tag, wire_type) = encoding::decode_key(&mut buf).unwrap();
+            written.insert(tag);
+            encoding::skip_field(wire_type, tag, &mut buf, DecodeContext::default()).unwrap();
+        }
+        for (number, name) in &in_proto {
+            assert!(
+                written.contains(number),
+                "wire.rs does not write field {number} ({name}) of seaport.v1.Service"
+            );
+        }
+        assert!(
+            written.iter().all(|n| in_proto.contains_key(n)),
+            "wire.rs writes a field the proto does not have: {written:?}"
+        );
+    }
+
     #[test]
     fn an_answer_holding_services_decodes_in_the_client() {
         let s = service(Some("1.0.0"), &[("zone", "b")]);
