@@ -40,13 +40,20 @@ pub(crate) struct Shared {
 }
 
 /// Configured servers first, then those learned from `seaport@*`
-/// registrations, tried round robin.
+/// registrations, tried round robin from a random start, so that clients
+/// given the same list spread over the servers rather than all taking the
+/// first. None is ever dropped: a server that comes back is tried again.
 struct Endpoints {
     all: Vec<String>,
     next: usize,
 }
 
 impl Endpoints {
+    fn new(all: Vec<String>) -> Self {
+        let next = fastrand::usize(..all.len().max(1));
+        Endpoints { all, next }
+    }
+
     fn next(&mut self) -> String {
         let e = self.all[self.next % self.all.len()].clone();
         self.next = (self.next + 1) % self.all.len();
@@ -75,10 +82,7 @@ impl Shared {
     pub(crate) fn new(options: Options, endpoints: Vec<String>) -> Self {
         Shared {
             options,
-            endpoints: Mutex::new(Endpoints {
-                all: endpoints,
-                next: 0,
-            }),
+            endpoints: Mutex::new(Endpoints::new(endpoints)),
             conn: watch::Sender::new(None),
             owned: Mutex::new(BTreeMap::new()),
             events: broadcast::Sender::new(64),
@@ -369,6 +373,15 @@ mod tests {
         let spread: std::collections::HashSet<_> =
             (0..20).map(|_| full_jitter(base, max, 5)).collect();
         assert!(spread.len() > 10, "pauses are random, not in step");
+    }
+
+    #[test]
+    fn clients_given_the_same_servers_start_at_different_ones() {
+        let servers = vec!["a:1".to_string(), "b:2".into(), "c:3".into()];
+        let firsts: std::collections::HashSet<String> = (0..60)
+            .map(|_| Endpoints::new(servers.clone()).next())
+            .collect();
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
     }
 
     #[test]

@@ -178,6 +178,42 @@ pub async fn run_with_admin(
     Ok(())
 }
 
+/// The host the server advertises itself under: `--advertise-host`, else
+/// the address it listens on, else (listening on every address) the first
+/// address of its interfaces that other machines can reach, IPv4 first.
+/// Loopback only when the machine has nothing else, with a warning: clients
+/// elsewhere would learn their own localhost as a registry server.
+fn advertised_host(config: &Config, local: std::net::SocketAddr) -> String {
+    if let Some(host) = &config.advertise_host {
+        return host.clone();
+    }
+    if !local.ip().is_unspecified() {
+        return local.ip().to_string();
+    }
+    let routable = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| !ip.is_loopback() && !is_link_local(ip))
+        .min_by_key(|ip| ip.is_ipv6());
+    match routable {
+        Some(ip) => ip.to_string(),
+        None => {
+            tracing::warn!("no address but loopback to advertise; give --advertise-host");
+            "127.0.0.1".to_string()
+        }
+    }
+}
+
+/// Link-local addresses (169.254/16, fe80::/10) only reach the same link,
+/// and need a zone to be used at all.
+fn is_link_local(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    }
+}
+
 /// Registers the server as `seaport@<version>` so clients can discover
 /// registry servers, as the original seaport does.
 fn register_self(
@@ -185,11 +221,7 @@ fn register_self(
     config: &Config,
     local: std::net::SocketAddr,
 ) -> Result<(), ServerError> {
-    let host = match &config.advertise_host {
-        Some(h) => h.clone(),
-        None if local.ip().is_unspecified() => "127.0.0.1".to_string(),
-        None => local.ip().to_string(),
-    };
+    let host = advertised_host(config, local);
     registry.register_server(NewService {
         role: format!("seaport@{}", env!("CARGO_PKG_VERSION")),
         host,
@@ -198,4 +230,28 @@ fn register_self(
         ..Default::default()
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_on_every_address_advertises_one_others_can_reach() {
+        let any = "0.0.0.0:9090".parse().unwrap();
+        let host: std::net::IpAddr = advertised_host(&Config::default(), any).parse().unwrap();
+        let reachable = if_addrs::get_if_addrs()
+            .unwrap()
+            .iter()
+            .any(|i| !i.is_loopback() && !is_link_local(&i.ip()));
+        assert_eq!(host.is_loopback(), !reachable, "advertised {host}");
+        assert!(!host.is_unspecified());
+        let one = "10.1.2.3:9090".parse().unwrap();
+        assert_eq!(advertised_host(&Config::default(), one), "10.1.2.3");
+        let named = Config {
+            advertise_host: Some("seaport-1.internal".into()),
+            ..Config::default()
+        };
+        assert_eq!(advertised_host(&named, any), "seaport-1.internal");
+    }
 }
