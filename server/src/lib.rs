@@ -7,7 +7,7 @@ pub mod auth;
 mod coalesce;
 pub mod config;
 pub mod grpc;
-pub mod registry;
+pub use seaport_core as registry;
 mod reload;
 mod serve;
 pub mod tls;

@@ -229,7 +229,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::test_service;
+    use crate::test_service;
 
     fn service(id: &str, version: Option<&str>) -> Arc<Service> {
         test_service(id, version, "h", 1)

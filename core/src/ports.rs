@@ -205,7 +205,7 @@ impl Ports {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::test_service;
+    use crate::test_service;
     use std::collections::HashSet;
 
     /// The port `reserve` assigns on `host` now, if any.

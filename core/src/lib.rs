@@ -1,6 +1,7 @@
-//! The registry core: plain Rust, no tonic. It holds the services, the
-//! sessions that own them and the ports they use, and publishes every
-//! change on a feed that wakes `get` waiters and watches.
+//! The registry core: plain Rust, no tonic (its Cargo.toml keeps it so).
+//! It holds the services, the sessions that own them and the ports they
+//! use, applies the rules (validation, policy, ownership, port choice), and
+//! publishes every change on a feed that wakes `get` waiters and watches.
 
 mod by_id;
 mod error;
