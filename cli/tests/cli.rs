@@ -8,40 +8,9 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use seaport_client::{RegisterOptions, SeaportClient};
+use seaport_testkit::{PATIENCE, TestServer, eventually};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-
-const PATIENCE: Duration = Duration::from_secs(15);
-
-struct Server {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-async fn server() -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = seaport_server::Config {
-        drain_delay: Duration::ZERO,
-        ..Default::default()
-    };
-    tokio::spawn(seaport_server::run(listener, config, async {
-        let _ = stopped.await;
-    }));
-    Server {
-        addr,
-        stop: Some(stop),
-    }
-}
 
 fn seaportctl(server: SocketAddr, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_seaportctl"));
@@ -72,19 +41,6 @@ async fn client(server: SocketAddr) -> SeaportClient {
     SeaportClient::connect([server.to_string()]).await.unwrap()
 }
 
-/// Polls `cond` until it holds (for state that changes with time or in
-/// another process).
-async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut cond: F) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn lines(child: &mut Child) -> Lines<BufReader<ChildStdout>> {
     BufReader::new(child.stdout.take().unwrap()).lines()
 }
@@ -107,7 +63,7 @@ fn starts(path: &Path) -> Vec<Vec<String>> {
 
 #[tokio::test]
 async fn register_runs_the_command_on_its_port_restarts_it_and_frees_on_sigterm() {
-    let server = server().await;
+    let server = TestServer::start().await;
     let dir = std::env::temp_dir().join(format!("seaportctl-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("starts");
@@ -170,7 +126,7 @@ async fn register_runs_the_command_on_its_port_restarts_it_and_frees_on_sigterm(
 
 #[tokio::test]
 async fn an_existing_service_is_registered_until_seaportctl_stops() {
-    let server = server().await;
+    let server = TestServer::start().await;
     let mut ctl = seaportctl(
         server.addr,
         &["register", "db", "--port", "15432", "--host", "db-1"],
@@ -199,7 +155,7 @@ async fn an_existing_service_is_registered_until_seaportctl_stops() {
 
 #[tokio::test]
 async fn a_tcp_check_frees_a_service_while_its_port_is_closed() {
-    let server = server().await;
+    let server = TestServer::start().await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let mut ctl = seaportctl(
@@ -239,7 +195,7 @@ async fn a_tcp_check_frees_a_service_while_its_port_is_closed() {
 
 #[tokio::test]
 async fn query_prints_a_table_json_or_addresses() {
-    let server = server().await;
+    let server = TestServer::start().await;
     let owner = client(server.addr).await;
     let web = owner
         .register(
@@ -289,7 +245,7 @@ async fn query_prints_a_table_json_or_addresses() {
 
 #[tokio::test]
 async fn get_waits_for_a_later_registration_and_times_out_cleanly() {
-    let server = server().await;
+    let server = TestServer::start().await;
     let waiting = seaportctl(server.addr, &["get", "web@1.2.x", "--addresses"])
         .stdout(Stdio::piped())
         .spawn()
@@ -320,7 +276,7 @@ async fn get_waits_for_a_later_registration_and_times_out_cleanly() {
 
 #[tokio::test]
 async fn watch_prints_a_line_for_a_service_that_comes_and_goes() {
-    let server = server().await;
+    let server = TestServer::start().await;
     let mut watching = seaportctl(server.addr, &["watch", "web", "-v"])
         .stdout(Stdio::piped())
         .spawn()
@@ -352,7 +308,7 @@ async fn watch_prints_a_line_for_a_service_that_comes_and_goes() {
 
 #[tokio::test]
 async fn health_exits_zero_when_serving_and_five_when_unreachable() {
-    let server = server().await;
+    let server = TestServer::start().await;
     let ok = run(server.addr, &["health"]).await;
     assert_eq!(
         (ok.status.code(), stdout(&ok).as_str()),
@@ -375,7 +331,7 @@ async fn health_exits_zero_when_serving_and_five_when_unreachable() {
 
 #[tokio::test]
 async fn register_without_command_or_port_is_a_usage_error() {
-    let server = server().await;
+    let server = TestServer::start().await;
     let out = run(server.addr, &["register", "web@1.0.0"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -394,7 +350,7 @@ async fn completions_are_printed_for_bash() {
 
 #[tokio::test]
 async fn free_and_update_of_another_sessions_registration_are_refused_with_exit_3() {
-    let server = server().await;
+    let server = TestServer::start().await;
     let owner = client(server.addr).await;
     let web = owner
         .register("web@1.0.0", RegisterOptions::default())

@@ -9,11 +9,10 @@ use std::time::Duration;
 use seaport::pb::{self, registry_client::RegistryClient};
 use seaport_client::{ClientEvent, RegisterOptions, SeaportClient};
 use seaport_server::tls::TlsFiles;
+use seaport_testkit::{PATIENCE, TestServer, assert_status, test_config};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-const PATIENCE: Duration = Duration::from_secs(15);
 
 struct Dir(PathBuf);
 
@@ -83,10 +82,11 @@ async fn certs(dir: &Path, clients: &[&str]) {
     assert!(String::from_utf8_lossy(&out.stdout).contains("--client-ca"));
 }
 
+/// A TLS seaportd and its plaintext admin port; dropping it stops it.
 struct Server {
     addr: SocketAddr,
     admin: SocketAddr,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _server: TestServer,
 }
 
 async fn server(
@@ -113,7 +113,6 @@ async fn server_on(
         path
     });
     let config = seaport_server::Config {
-        drain_delay: Duration::ZERO,
         tls: Some(TlsFiles {
             cert: dir.join("server.pem"),
             key: dir.join("server-key.pem"),
@@ -121,23 +120,15 @@ async fn server_on(
         }),
         policy,
         require_client_cert_for_reads: reads_need_cert,
-        ..Default::default()
+        ..test_config()
     };
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(seaport_server::run_with_admin(
-        listener,
-        Some(admin),
-        config,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let admin_addr = admin.local_addr().unwrap();
+    let server = TestServer::serve(listener, Some(admin), config);
     Server {
-        addr,
+        addr: server.addr,
         admin: admin_addr,
-        _stop: stop,
+        _server: server,
     }
 }
 
@@ -198,17 +189,6 @@ fn query(pattern: &str) -> pb::QueryRequest {
         pattern: pattern.into(),
         ..Default::default()
     }
-}
-
-#[track_caller]
-fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needle: &str) {
-    let s = r.expect_err("refused");
-    assert_eq!(s.code(), code, "{}", s.message());
-    assert!(
-        s.message().contains(needle),
-        "{:?} lacks {needle:?}",
-        s.message()
-    );
 }
 
 #[tokio::test]

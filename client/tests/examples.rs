@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
 
+use seaport_testkit::{PATIENCE, TestServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -21,16 +21,8 @@ fn example(name: &str) -> PathBuf {
 
 #[tokio::test]
 async fn web_client_started_first_gets_beep_boop_from_web_server() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = seaport_server::Config {
-        drain_delay: Duration::ZERO,
-        ..Default::default()
-    };
-    let server = tokio::spawn(seaport_server::run(listener, config, async {
-        let _ = stopped.await;
-    }));
+    let server = TestServer::start().await;
+    let addr = server.addr.to_string();
 
     let web_client = Command::new(example("web_client"))
         .env("SEAPORT_SERVER", &addr)
@@ -45,14 +37,14 @@ async fn web_client_started_first_gets_beep_boop_from_web_server() {
         .spawn()
         .expect("web_server example is built");
     let mut announced = BufReader::new(web_server.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), announced.next_line())
+    let line = tokio::time::timeout(PATIENCE, announced.next_line())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
     assert!(line.starts_with("web@1.2.3 listening on "), "{line}");
 
-    let output = tokio::time::timeout(Duration::from_secs(20), web_client.wait_with_output())
+    let output = tokio::time::timeout(PATIENCE, web_client.wait_with_output())
         .await
         .unwrap()
         .unwrap();
@@ -60,6 +52,5 @@ async fn web_client_started_first_gets_beep_boop_from_web_server() {
     assert_eq!(String::from_utf8_lossy(&output.stdout), "beep boop\n");
 
     web_server.kill().await.unwrap();
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -8,7 +8,7 @@ use seaport_client::{ClientEvent, Error, EventKind, RegisterOptions, SeaportClie
 use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
 
-use crate::harness::*;
+use seaport_testkit::*;
 
 async fn client_for(addresses: &[std::net::SocketAddr]) -> SeaportClient {
     addresses

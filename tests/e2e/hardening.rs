@@ -14,7 +14,7 @@ use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 
-use crate::harness::*;
+use seaport_testkit::*;
 
 /// Passes already encoded messages through, so a test can send a request
 /// it encoded once, outside the time it measures.

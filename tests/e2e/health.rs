@@ -10,7 +10,7 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use crate::harness::*;
+use seaport_testkit::*;
 
 async fn status(
     client: &mut HealthClient<tonic::transport::Channel>,

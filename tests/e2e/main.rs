@@ -1,7 +1,5 @@
 //! End-to-end tests: a real seaportd on 127.0.0.1:0, spoken to over gRPC.
 
-mod harness;
-
 mod client;
 
 mod hardening;

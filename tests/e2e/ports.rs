@@ -6,7 +6,7 @@ use std::time::Duration;
 use seaport::pb;
 use tonic::Code;
 
-use crate::harness::*;
+use seaport_testkit::*;
 
 #[tokio::test]
 async fn ten_thousand_registrations_on_one_host_get_distinct_ports_in_range() {

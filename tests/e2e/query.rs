@@ -6,7 +6,7 @@ use std::time::Duration;
 use seaport::pb;
 use tonic::Code;
 
-use crate::harness::*;
+use seaport_testkit::*;
 
 fn versions(services: &[pb::Service]) -> Vec<&str> {
     services.iter().map(|s| s.version.as_str()).collect()

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use seaport::pb;
 use tonic::Code;
 
-use crate::harness::*;
+use seaport_testkit::*;
 
 #[tokio::test]
 async fn alloc_gives_a_port_in_range_on_the_clients_address() {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use seaport::pb;
 use tonic::Code;
 
-use crate::harness::*;
+use seaport_testkit::*;
 
 const TABLE: &str = include_str!("../data/semver-ranges.tsv");
 

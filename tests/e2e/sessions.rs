@@ -3,8 +3,8 @@
 use seaport::pb::{self, heartbeat_request::Kind as In, watch_event::Kind};
 use tonic::Code;
 
-use crate::harness::*;
 use crate::watch::{Watcher, watch};
+use seaport_testkit::*;
 
 #[tokio::test]
 async fn open_grants_a_clamped_ttl_and_tells_the_client_its_address() {

@@ -7,7 +7,7 @@ use seaport::pb::{self, registry_client::RegistryClient, watch_event::Kind};
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::harness::*;
+use seaport_testkit::*;
 
 /// One Watch stream.
 pub(crate) struct Watcher {

@@ -1,4 +1,6 @@
-//! Starts real servers on ephemeral ports and opens real sessions.
+//! The one test kit: starts real seaportd servers on ephemeral ports,
+//! opens real sessions over gRPC, and waits for what a test expects,
+//! for the end-to-end suite, seaportctl's tests and the client's alike.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,17 +16,18 @@ use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 /// How long any test waits for an event it expects.
-pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
+pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A seaportd running in this process.
-pub(crate) struct TestServer {
-    pub(crate) addr: SocketAddr,
+pub struct TestServer {
+    /// The address it serves on.
+    pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
 }
 
 /// The configuration tests use: quick shutdown, short ttls allowed.
-pub(crate) fn test_config() -> Config {
+pub fn test_config() -> Config {
     let mut config = Config {
         drain_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(2),
@@ -35,21 +38,32 @@ pub(crate) fn test_config() -> Config {
 }
 
 impl TestServer {
-    pub(crate) async fn start() -> Self {
+    /// Starts a server with [`test_config`].
+    pub async fn start() -> Self {
         Self::start_with(test_config()).await
     }
 
-    pub(crate) async fn start_with(config: Config) -> Self {
+    /// Starts a server with `config` on an ephemeral port.
+    pub async fn start_with(config: Config) -> Self {
         Self::start_on("127.0.0.1:0".parse().unwrap(), config).await
     }
 
     /// Starts a server on `addr` (for restarts on the same address).
-    pub(crate) async fn start_on(addr: SocketAddr, config: Config) -> Self {
+    pub async fn start_on(addr: SocketAddr, config: Config) -> Self {
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        Self::serve(listener, None, config)
+    }
+
+    /// Serves on `listener`, and health in plaintext on `admin` if given.
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        admin: Option<tokio::net::TcpListener>,
+        config: Config,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
-            seaport_server::run(listener, config, async {
+            seaport_server::run_with_admin(listener, admin, config, async {
                 let _ = stopped.await;
             })
             .await
@@ -62,7 +76,8 @@ impl TestServer {
         }
     }
 
-    pub(crate) async fn channel(&self) -> Channel {
+    /// A plaintext channel to it.
+    pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()
             .connect()
@@ -72,7 +87,7 @@ impl TestServer {
 
     /// A connection whose HTTP/2 windows are the protocol's minimum, as a
     /// client that reads slowly would keep them.
-    pub(crate) async fn slow_reader_client(&self) -> RegistryClient<Channel> {
+    pub async fn slow_reader_client(&self) -> RegistryClient<Channel> {
         let channel = Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()
             .initial_stream_window_size(65_535)
@@ -83,24 +98,25 @@ impl TestServer {
         RegistryClient::new(channel)
     }
 
-    pub(crate) async fn client(&self) -> RegistryClient<Channel> {
+    /// A raw gRPC client of it.
+    pub async fn client(&self) -> RegistryClient<Channel> {
         RegistryClient::new(self.channel().await)
     }
 
     /// Signals shutdown without waiting for it.
-    pub(crate) fn begin_shutdown(&mut self) {
+    pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
     }
 
     /// Whether `run` has not returned yet.
-    pub(crate) fn is_running(&self) -> bool {
+    pub fn is_running(&self) -> bool {
         !self.done.is_finished()
     }
 
     /// Shuts the server down and waits until it has stopped.
-    pub(crate) async fn stop(mut self) {
+    pub async fn stop(mut self) {
         self.begin_shutdown();
         tokio::time::timeout(PATIENCE, &mut self.done)
             .await
@@ -109,12 +125,23 @@ impl TestServer {
     }
 }
 
+impl Drop for TestServer {
+    /// A server a test drops shuts down, as one that ends does.
+    fn drop(&mut self) {
+        self.begin_shutdown();
+    }
+}
+
 /// An open session and its Heartbeat stream.
-pub(crate) struct Session {
-    pub(crate) id: String,
-    pub(crate) ttl_ms: u64,
-    pub(crate) observed_host: String,
-    pub(crate) resumed: bool,
+pub struct Session {
+    /// The session's id.
+    pub id: String,
+    /// The granted ttl.
+    pub ttl_ms: u64,
+    /// The address the server sees the client at.
+    pub observed_host: String,
+    /// True for a resumed session.
+    pub resumed: bool,
     tx: mpsc::Sender<pb::HeartbeatRequest>,
     rx: Streaming<pb::HeartbeatResponse>,
 }
@@ -124,10 +151,7 @@ fn msg(kind: In) -> pb::HeartbeatRequest {
 }
 
 /// Starts a Heartbeat stream with `first` as its first message.
-pub(crate) async fn heartbeat(
-    client: &mut RegistryClient<Channel>,
-    first: In,
-) -> Result<Session, Status> {
+pub async fn heartbeat(client: &mut RegistryClient<Channel>, first: In) -> Result<Session, Status> {
     let (tx, rx) = mpsc::channel(8);
     tx.send(msg(first)).await.unwrap();
     let mut stream = client
@@ -151,7 +175,7 @@ pub(crate) async fn heartbeat(
 }
 
 /// Opens a session with the given ttl (0: the server's default).
-pub(crate) async fn open(client: &mut RegistryClient<Channel>, ttl_ms: u64) -> Session {
+pub async fn open(client: &mut RegistryClient<Channel>, ttl_ms: u64) -> Session {
     heartbeat(
         client,
         In::Open(pb::OpenSession {
@@ -164,7 +188,8 @@ pub(crate) async fn open(client: &mut RegistryClient<Channel>, ttl_ms: u64) -> S
 }
 
 impl Session {
-    pub(crate) async fn ping(&mut self, seq: u64) -> Result<u64, Status> {
+    /// Pings and returns the pong's seq.
+    pub async fn ping(&mut self, seq: u64) -> Result<u64, Status> {
         self.tx.send(msg(In::Ping(pb::Ping { seq }))).await.unwrap();
         match self.next().await? {
             Some(Out::Pong(p)) => Ok(p.seq),
@@ -174,7 +199,7 @@ impl Session {
 
     /// Closes the session; returns how many registrations were freed.
     /// The stream ends after `closed`, as the proto says.
-    pub(crate) async fn close(mut self) -> u32 {
+    pub async fn close(mut self) -> u32 {
         self.tx
             .send(msg(In::Close(pb::CloseSession {})))
             .await
@@ -192,17 +217,19 @@ impl Session {
     }
 
     /// Half-closes the client's side; the stream must then end.
-    pub(crate) async fn half_close(mut self) -> Result<Option<Out>, Status> {
+    pub async fn half_close(mut self) -> Result<Option<Out>, Status> {
         let (tx, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, tx));
         self.next().await
     }
 
-    pub(crate) async fn send(&self, kind: In) {
+    /// Sends one message on the stream.
+    pub async fn send(&self, kind: In) {
         self.tx.send(msg(kind)).await.unwrap();
     }
 
-    pub(crate) async fn next(&mut self) -> Result<Option<Out>, Status> {
+    /// The next reply, waited for with [`PATIENCE`].
+    pub async fn next(&mut self) -> Result<Option<Out>, Status> {
         let reply = tokio::time::timeout(PATIENCE, self.rx.message())
             .await
             .expect("a reply in time")?;
@@ -210,12 +237,13 @@ impl Session {
     }
 
     /// Drops the stream without closing the session (a network blip).
-    pub(crate) fn drop_stream(self) -> String {
+    pub fn drop_stream(self) -> String {
         self.id
     }
 }
 
-pub(crate) fn register_request(session: &Session, role: &str) -> pb::RegisterRequest {
+/// A Register of `role` under `session`.
+pub fn register_request(session: &Session, role: &str) -> pb::RegisterRequest {
     pb::RegisterRequest {
         session_id: session.id.clone(),
         role: role.into(),
@@ -223,7 +251,8 @@ pub(crate) fn register_request(session: &Session, role: &str) -> pb::RegisterReq
     }
 }
 
-pub(crate) async fn register(
+/// Registers `role` under `session`; the stored record.
+pub async fn register(
     client: &mut RegistryClient<Channel>,
     session: &Session,
     role: &str,
@@ -231,7 +260,8 @@ pub(crate) async fn register(
     register_with(client, register_request(session, role)).await
 }
 
-pub(crate) async fn register_with(
+/// Sends `request`; the stored record.
+pub async fn register_with(
     client: &mut RegistryClient<Channel>,
     request: pb::RegisterRequest,
 ) -> pb::Service {
@@ -245,7 +275,7 @@ pub(crate) async fn register_with(
 }
 
 /// The services matching `pattern` in the default namespace.
-pub(crate) async fn query(client: &mut RegistryClient<Channel>, pattern: &str) -> Vec<pb::Service> {
+pub async fn query(client: &mut RegistryClient<Channel>, pattern: &str) -> Vec<pb::Service> {
     client
         .query(pb::QueryRequest {
             pattern: pattern.into(),
@@ -259,11 +289,7 @@ pub(crate) async fn query(client: &mut RegistryClient<Channel>, pattern: &str) -
 
 /// Asserts a call failed with `code` and a message containing `needle`.
 #[track_caller]
-pub(crate) fn assert_status<T: std::fmt::Debug>(
-    result: Result<T, Status>,
-    code: Code,
-    needle: &str,
-) {
+pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needle: &str) {
     let status = result.expect_err("the call should fail");
     assert_eq!(status.code(), code, "message: {}", status.message());
     assert!(
@@ -275,11 +301,7 @@ pub(crate) fn assert_status<T: std::fmt::Debug>(
 
 /// Waits for `cond` to hold, polling; for state reached through time
 /// (session expiry), never as a stand-in for an event we can wait on.
-pub(crate) async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+pub async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut cond: F) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !cond().await {
         assert!(
@@ -292,14 +314,16 @@ where
 
 /// A TCP proxy in front of a server, whose connections can be cut at once
 /// (a network blip) while it keeps accepting new ones.
-pub(crate) struct Proxy {
-    pub(crate) addr: SocketAddr,
+pub struct Proxy {
+    /// The address clients connect to.
+    pub addr: SocketAddr,
     conns: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    pub(crate) async fn start(upstream: SocketAddr) -> Self {
+    /// Forwards every connection to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = std::sync::Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
@@ -321,7 +345,7 @@ impl Proxy {
     }
 
     /// Drops every proxied connection.
-    pub(crate) fn cut(&self) {
+    pub fn cut(&self) {
         self.conns.lock().unwrap().abort_all();
     }
 }
