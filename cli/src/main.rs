@@ -63,34 +63,7 @@ struct Cli {
 enum Command {
     /// Register NAME@VERSION: run COMMAND on an assigned port (appended as its last argument and set in PORT),
     /// restarting it when it exits; or, with --port and no COMMAND, register an existing service.
-    Register {
-        /// The role, `name@1.2.3` or `name`.
-        role: String,
-        /// Port to register (default: one the registry assigns).
-        #[arg(long)]
-        port: Option<u16>,
-        /// Host to register (default: the address the server sees).
-        #[arg(long)]
-        host: Option<String>,
-        /// Metadata, KEY=VALUE; repeatable.
-        #[arg(long = "meta", value_parser = parse_meta)]
-        meta: Vec<(String, String)>,
-        /// Registration id (default: generated).
-        #[arg(long)]
-        id: Option<String>,
-        /// Stop restarting COMMAND after this many restarts.
-        #[arg(long)]
-        max_restarts: Option<u32>,
-        /// Existing service: free the registration while the port refuses TCP connections.
-        #[arg(long, value_enum)]
-        check: Option<Check>,
-        /// How often --check probes the port.
-        #[arg(long, default_value = "2s", value_parser = seaport::parse_duration)]
-        check_interval: Duration,
-        /// The command to run, after `--`.
-        #[arg(last = true)]
-        command: Vec<String>,
-    },
+    Register(RegisterArgs),
     /// Print the services matching PATTERN (`name`, `name@range`, or nothing for all).
     Query {
         /// `name` or `name@range`.
@@ -152,6 +125,37 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `seaportctl register`'s arguments.
+#[derive(clap::Args, Debug)]
+struct RegisterArgs {
+    /// The role, `name@1.2.3` or `name`.
+    role: String,
+    /// Port to register (default: one the registry assigns).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Host to register (default: the address the server sees).
+    #[arg(long)]
+    host: Option<String>,
+    /// Metadata, KEY=VALUE; repeatable.
+    #[arg(long = "meta", value_parser = parse_meta)]
+    meta: Vec<(String, String)>,
+    /// Registration id (default: generated).
+    #[arg(long)]
+    id: Option<String>,
+    /// Stop restarting COMMAND after this many restarts.
+    #[arg(long)]
+    max_restarts: Option<u32>,
+    /// Existing service: free the registration while the port refuses TCP connections.
+    #[arg(long, value_enum)]
+    check: Option<Check>,
+    /// How often --check probes the port.
+    #[arg(long, default_value = "2s", value_parser = seaport::parse_duration)]
+    check_interval: Duration,
+    /// The command to run, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
 }
 
 /// `seaportctl certs ...`
@@ -243,7 +247,8 @@ fn tls(cli: &Cli) -> Result<TlsPems, Failure> {
     Ok((ca, identity))
 }
 
-async fn connect(cli: &Cli) -> Result<SeaportClient, Failure> {
+/// A client builder for the servers and TLS settings of the flags.
+fn builder(cli: &Cli) -> Result<seaport_client::Builder, Failure> {
     let mut builder = cli
         .servers
         .iter()
@@ -258,9 +263,11 @@ async fn connect(cli: &Cli) -> Result<SeaportClient, Failure> {
     Ok(builder
         .namespace(cli.namespace.clone())
         .client_name("seaportctl")
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await?)
+        .connect_timeout(Duration::from_secs(2)))
+}
+
+async fn connect(cli: &Cli) -> Result<SeaportClient, Failure> {
+    Ok(builder(cli)?.connect().await?)
 }
 
 /// Refuses a malformed pattern before any connection is made.
@@ -276,216 +283,219 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Query { pattern, .. }
         | Command::Get { pattern, .. }
         | Command::Watch { pattern, .. } => check_pattern(pattern)?,
-        Command::Register { role, .. } => {
-            role.parse::<seaport::Role>().map_err(Error::Role)?;
+        Command::Register(args) => {
+            args.role.parse::<seaport::Role>().map_err(Error::Role)?;
         }
         _ => {}
     }
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "seaportctl",
-                &mut std::io::stdout(),
-            );
+            let mut out = std::io::stdout();
+            clap_complete::generate(*shell, &mut Cli::command(), "seaportctl", &mut out);
             Ok(0)
         }
         Command::Health { service } => health(&cli, service).await,
-        Command::Register {
-            role,
-            port,
-            host,
-            meta,
-            id,
-            max_restarts,
-            check,
-            check_interval,
-            command,
-        } => {
-            if command.is_empty() && port.is_none() {
-                return Err(Failure {
-                    code: 2,
-                    message: "give a COMMAND after `--` to run, or --port of an existing service"
-                        .into(),
-                });
-            }
-            let mut options = RegisterOptions {
-                metadata: meta.iter().cloned().collect(),
-                ..RegisterOptions::default()
-            };
-            options.port = *port;
-            options.host = host.clone();
-            options.id = id.clone();
-            let client = connect(&cli).await?;
-            let mut signals = supervise::Signals::new(&client)?;
-            let registration = client.register(role, options.clone()).await?;
-            signals.watch_eviction(registration.id());
-            eprintln!(
-                "seaportctl: registered {role} at {} (id {})",
-                registration.service().address(),
-                registration.id()
-            );
-            let code = if command.is_empty() {
-                let probe = check.map(|Check::Tcp| {
-                    (
-                        host.clone().unwrap_or_else(|| "127.0.0.1".into()),
-                        *check_interval,
-                    )
-                });
-                supervise::hold_existing(&client, role, options, registration, probe, signals)
-                    .await?
-            } else {
-                supervise::run_command(&registration, command, *max_restarts, signals).await?
-            };
-            client.close().await;
-            Ok(u8::try_from(code).unwrap_or(1))
-        }
-        Command::Query { pattern, addresses } => {
-            let client = connect(&cli).await?;
-            let found = client.query(pattern).await?;
-            println!("{}", output::services(&found, cli.output, *addresses));
-            client.close().await;
-            Ok(0)
-        }
+        Command::Register(args) => register(&cli, args).await,
+        Command::Query { pattern, addresses } => query(&cli, pattern, *addresses).await,
         Command::Get {
             pattern,
             timeout,
             addresses,
-        } => {
-            let client = connect(&cli).await?;
-            let found = match timeout {
-                Some(t) => client
-                    .get_timeout(pattern, *t)
-                    .await
-                    .map_err(|e| match e.code() {
-                        Some(Code::DeadlineExceeded) => Failure {
-                            code: 4,
-                            message: format!(
-                                "nothing matched {pattern:?} within {}ms",
-                                t.as_millis()
-                            ),
-                        },
-                        _ => e.into(),
-                    })?,
-                None => client.get(pattern).await?,
-            };
-            println!("{}", output::services(&found, cli.output, *addresses));
-            client.close().await;
-            Ok(0)
-        }
-        Command::Watch { pattern, verbose } => {
-            let client = connect(&cli).await?;
-            let mut events = client.watch(pattern)?;
-            while let Some(event) = events.next().await {
-                let event = event?;
-                if event.kind == seaport_client::EventKind::Synced {
-                    continue;
-                }
-                println!(
-                    "{}",
-                    output::event_line(&event, cli.output, *verbose, SystemTime::now())
-                );
-            }
-            Ok(0)
-        }
+        } => get(&cli, pattern, *timeout, *addresses).await,
+        Command::Watch { pattern, verbose } => watch(&cli, pattern, *verbose).await,
         Command::Certs(Certs::Init {
             dir,
             server_names,
             clients,
             days,
-        }) => {
-            for path in certs::init(dir, server_names, clients, *days)? {
-                println!("wrote {}", path.display());
-            }
-            let d = dir.display();
-            println!(
-                "\nstart the registry with mTLS:\n  seaportd --tls-cert {d}/server.pem --tls-key {d}/server-key.pem --client-ca {d}/ca.pem"
-            );
-            if let Some(client) = clients.first() {
-                println!(
-                    "and talk to it as {client}:\n  seaportctl --ca {d}/ca.pem --cert {d}/client-{client}.pem --key {d}/client-{client}-key.pem query"
-                );
-            }
-            Ok(0)
-        }
-        Command::Free { id } => {
-            let client = connect(&cli).await?;
-            let freed = client.free(id).await?;
-            println!("freed {} {} {}", freed.role(), freed.address(), freed.id);
-            client.close().await;
-            Ok(0)
-        }
-        Command::Update { id, meta, merge } => {
-            let client = connect(&cli).await?;
-            let updated = client
-                .update(id, meta.iter().cloned().collect(), *merge)
-                .await?;
-            println!("{}", output::services(&[updated], cli.output, false));
-            client.close().await;
-            Ok(0)
-        }
-        Command::Show => {
-            let client = connect(&cli).await?;
-            let found = client.query("").await?;
-            match cli.output {
-                Format::Table => println!("{}", output::grouped(&found)),
-                Format::Json => println!("{}", output::services(&found, Format::Json, false)),
-            }
-            client.close().await;
-            Ok(0)
-        }
+        }) => certs_init(dir, server_names, clients, *days),
+        Command::Free { id } => free(&cli, id).await,
+        Command::Update { id, meta, merge } => update(&cli, id, meta, *merge).await,
+        Command::Show => show(&cli).await,
     }
 }
 
-/// grpc.health.v1 Check against the first server.
-async fn health(cli: &Cli, service: &str) -> Result<u8, Failure> {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
-    let address = &cli.servers[0];
-    let unreachable = |e: &dyn std::fmt::Display| Failure {
-        code: 5,
-        message: format!(
-            "no Seaport server reachable at {address} ({e}); start one with `seaportd --listen {address}`"
-        ),
-    };
-    let (ca, identity) = tls(cli)?;
-    let scheme = if ca.is_some() { "https" } else { "http" };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
-        .map_err(|e| Failure {
+/// Registers and holds the registration while COMMAND runs, or while the
+/// existing service lives; exits as COMMAND did.
+async fn register(cli: &Cli, args: &RegisterArgs) -> Result<u8, Failure> {
+    let RegisterArgs {
+        role,
+        port,
+        host,
+        meta,
+        id,
+        max_restarts,
+        check,
+        check_interval,
+        command,
+    } = args;
+    if command.is_empty() && port.is_none() {
+        return Err(Failure {
             code: 2,
-            message: format!("--server {address:?}: {e}"),
-        })?
-        .connect_timeout(Duration::from_secs(2));
-    if let Some(ca) = ca {
-        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-        if let Some((cert, key)) = identity {
-            config = config.identity(Identity::from_pem(cert, key));
-        }
-        endpoint = endpoint.tls_config(config).map_err(|e| Failure {
-            code: 2,
-            message: format!("TLS settings: {e}"),
-        })?;
+            message: "give a COMMAND after `--` to run, or --port of an existing service".into(),
+        });
     }
-    let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
-    let reply = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_string(),
-        })
-        .await
-        .map_err(|s| Failure {
-            code: 3,
-            message: format!("health check of {service:?}: {}", s.message()),
-        })?;
-    let status = reply.into_inner().status();
-    println!("{}", status.as_str_name());
-    Ok(if status == ServingStatus::Serving {
-        0
+    let mut options = RegisterOptions {
+        metadata: meta.iter().cloned().collect(),
+        ..RegisterOptions::default()
+    };
+    options.port = *port;
+    options.host = host.clone();
+    options.id = id.clone();
+    let client = connect(cli).await?;
+    let mut signals = supervise::Signals::new(&client)?;
+    let registration = client.register(role, options.clone()).await?;
+    signals.watch_eviction(registration.id());
+    eprintln!(
+        "seaportctl: registered {role} at {} (id {})",
+        registration.service().address(),
+        registration.id()
+    );
+    let code = if command.is_empty() {
+        let probe = check.map(|Check::Tcp| {
+            (
+                host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                *check_interval,
+            )
+        });
+        supervise::hold_existing(&client, role, options, registration, probe, signals).await?
     } else {
-        1
-    })
+        supervise::run_command(&registration, command, *max_restarts, signals).await?
+    };
+    client.close().await;
+    Ok(u8::try_from(code).unwrap_or(1))
+}
+
+/// Prints what matches now.
+async fn query(cli: &Cli, pattern: &str, addresses: bool) -> Result<u8, Failure> {
+    let client = connect(cli).await?;
+    let found = client.query(pattern).await?;
+    println!("{}", output::services(&found, cli.output, addresses));
+    client.close().await;
+    Ok(0)
+}
+
+/// Waits until something matches (up to `timeout`, exit 4), and prints it.
+async fn get(
+    cli: &Cli,
+    pattern: &str,
+    timeout: Option<Duration>,
+    addresses: bool,
+) -> Result<u8, Failure> {
+    let client = connect(cli).await?;
+    let found = match timeout {
+        Some(t) => client
+            .get_timeout(pattern, t)
+            .await
+            .map_err(|e| match e.code() {
+                Some(Code::DeadlineExceeded) => Failure {
+                    code: 4,
+                    message: format!("nothing matched {pattern:?} within {}ms", t.as_millis()),
+                },
+                _ => e.into(),
+            })?,
+        None => client.get(pattern).await?,
+    };
+    println!("{}", output::services(&found, cli.output, addresses));
+    client.close().await;
+    Ok(0)
+}
+
+/// Prints a line per service as it is, then per change, until interrupted.
+async fn watch(cli: &Cli, pattern: &str, verbose: bool) -> Result<u8, Failure> {
+    let client = connect(cli).await?;
+    let mut events = client.watch(pattern)?;
+    while let Some(event) = events.next().await {
+        let event = event?;
+        if event.kind == seaport_client::EventKind::Synced {
+            continue;
+        }
+        let line = output::event_line(&event, cli.output, verbose, SystemTime::now());
+        println!("{line}");
+    }
+    Ok(0)
+}
+
+/// Writes a development CA and certificates, and says how to use them.
+fn certs_init(
+    dir: &std::path::Path,
+    server_names: &[String],
+    clients: &[String],
+    days: u32,
+) -> Result<u8, Failure> {
+    for path in certs::init(dir, server_names, clients, days)? {
+        println!("wrote {}", path.display());
+    }
+    let d = dir.display();
+    println!(
+        "\nstart the registry with mTLS:\n  seaportd --tls-cert {d}/server.pem --tls-key {d}/server-key.pem --client-ca {d}/ca.pem"
+    );
+    if let Some(client) = clients.first() {
+        println!(
+            "and talk to it as {client}:\n  seaportctl --ca {d}/ca.pem --cert {d}/client-{client}.pem --key {d}/client-{client}-key.pem query"
+        );
+    }
+    Ok(0)
+}
+
+/// Frees a registration by id.
+async fn free(cli: &Cli, id: &str) -> Result<u8, Failure> {
+    let client = connect(cli).await?;
+    let freed = client.free(id).await?;
+    println!("freed {} {} {}", freed.role(), freed.address(), freed.id);
+    client.close().await;
+    Ok(0)
+}
+
+/// Replaces or merges a registration's metadata.
+async fn update(
+    cli: &Cli,
+    id: &str,
+    meta: &[(String, String)],
+    merge: bool,
+) -> Result<u8, Failure> {
+    let client = connect(cli).await?;
+    let updated = client
+        .update(id, meta.iter().cloned().collect(), merge)
+        .await?;
+    println!("{}", output::services(&[updated], cli.output, false));
+    client.close().await;
+    Ok(0)
+}
+
+/// Prints every service, grouped by name and version.
+async fn show(cli: &Cli) -> Result<u8, Failure> {
+    let client = connect(cli).await?;
+    let found = client.query("").await?;
+    match cli.output {
+        Format::Table => println!("{}", output::grouped(&found)),
+        Format::Json => println!("{}", output::services(&found, Format::Json, false)),
+    }
+    client.close().await;
+    Ok(0)
+}
+
+/// grpc.health.v1 Check against the first server: exit 0 when SERVING.
+async fn health(cli: &Cli, service: &str) -> Result<u8, Failure> {
+    let address = &cli.servers[0];
+    let serving = builder(cli)?
+        .health(service)
+        .await
+        .map_err(|e| match e {
+            Error::Transport(e) => Failure {
+                code: 5,
+                message: format!(
+                    "no Seaport server reachable at {address} ({e}); start one with `seaportd --listen {address}`"
+                ),
+            },
+            Error::Status { message, .. } => Failure {
+                code: 3,
+                message: format!("health check of {service:?}: {message}"),
+            },
+            other => other.into(),
+        })?;
+    println!("{}", if serving { "SERVING" } else { "NOT_SERVING" });
+    Ok(if serving { 0 } else { 1 })
 }
 
 #[tokio::main]

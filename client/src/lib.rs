@@ -206,6 +206,27 @@ impl Builder {
         self
     }
 
+    /// Asks the first endpoint's grpc.health.v1 for `service`'s status
+    /// ("" for the server as a whole), over the same TLS settings a client
+    /// would use, and opens no session. True when SERVING.
+    pub async fn health(self, service: &str) -> Result<bool> {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let server = self
+            .endpoints
+            .first()
+            .ok_or_else(|| Error::Unavailable("no endpoint configured".into()))?;
+        let endpoint = session::endpoint(&self.options, server).map_err(Error::Unavailable)?;
+        let channel = endpoint.connect().await?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await?;
+        Ok(reply.into_inner().status() == ServingStatus::Serving)
+    }
+
     /// Connects and opens the session; fails when no server answers within
     /// the connect timeout (a few tries across the endpoints).
     pub async fn connect(self) -> Result<SeaportClient> {

@@ -190,7 +190,7 @@ fn failed(reason: impl ToString, was_up: bool) -> Ended {
 }
 
 /// The endpoint for `server`, with TLS when configured.
-fn endpoint(options: &Options, server: &str) -> Result<Endpoint, String> {
+pub(crate) fn endpoint(options: &Options, server: &str) -> Result<Endpoint, String> {
     let scheme = if options.tls.is_some() {
         "https"
     } else {
