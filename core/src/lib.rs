@@ -552,6 +552,30 @@ impl Registry {
             .expect("checked above"))
     }
 
+    /// What a Query, Get or Watch asks for, checked: the metadata filter's
+    /// size first, then the pattern and the namespace.
+    pub fn selector<I>(&self, pattern: &str, namespace: &str, metadata: I) -> Result<Selector>
+    where
+        I: IntoIterator<Item = (String, String)>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let metadata = metadata.into_iter();
+        if metadata.len() > self.shared.limits.max_metadata_entries {
+            return Err(RegistryError::Invalid(format!(
+                "the metadata filter has {} pairs; the limit is {} (--max-metadata-entries)",
+                metadata.len(),
+                self.shared.limits.max_metadata_entries
+            )));
+        }
+        let metadata: std::collections::BTreeMap<String, String> = metadata.collect();
+        self.shared.limits.check_metadata(metadata.iter())?;
+        Ok(Selector {
+            namespace: namespace_or_default(namespace)?.to_string(),
+            pattern: pattern.parse()?,
+            metadata,
+        })
+    }
+
     /// The services matching `selector` now, and the revision they reflect.
     pub fn query(&self, selector: &Selector) -> (Vec<Arc<Service>>, u64) {
         let state = self.lock();

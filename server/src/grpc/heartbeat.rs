@@ -79,13 +79,7 @@ pub(crate) async fn serve(
         }
     };
 
-    let opened = Out::Opened(pb::SessionOpened {
-        session_id: info.id.clone(),
-        ttl_ms: info.ttl.as_millis() as u64,
-        observed_host: info.observed_host.clone(),
-        resumed: info.resumed,
-        server_version: env!("CARGO_PKG_VERSION").to_string(),
-    });
+    let opened = Out::Opened(super::convert::opened(&info));
     let evictions = registry.evictions(&info.id);
     Ok(HeartbeatStream {
         registry,
@@ -162,10 +156,7 @@ impl Stream for HeartbeatStream {
         if let Some(evictions) = &mut this.evictions {
             match evictions.poll_recv(cx) {
                 Poll::Ready(Some(e)) => {
-                    return Poll::Ready(Some(reply(Out::Evicted(pb::Evicted {
-                        id: e.id,
-                        by: e.by,
-                    }))));
+                    return Poll::Ready(Some(reply(Out::Evicted(super::convert::evicted(e)))));
                 }
                 // A later stream of the same session took the notices over.
                 Poll::Ready(None) => this.evictions = None,

@@ -1,6 +1,7 @@
 //! The gRPC adapter: turns each RPC into a call on the registry core and
 //! its answer into `pb` messages. No registry logic lives here.
 
+mod convert;
 mod heartbeat;
 mod status;
 
@@ -10,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::pb::{self, registry_server::Registry as RegistryApi};
-use crate::wire;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
@@ -20,9 +20,7 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::auth::Auth;
-use crate::registry::{
-    MetadataChange, NewService, Registry, RegistryError, Selector, WatchEvent, namespace_or_default,
-};
+use crate::registry::{Registry, RegistryError};
 pub(crate) use status::reject;
 
 pub use crate::pb::registry_server::RegistryServer;
@@ -110,44 +108,6 @@ impl Health for StoppingHealth {
     }
 }
 
-fn selector(
-    registry: &Registry,
-    rpc: &'static str,
-    peer: Option<std::net::SocketAddr>,
-    pattern: &str,
-    namespace: &str,
-    metadata: std::collections::HashMap<String, String>,
-) -> Result<Selector, Status> {
-    registry
-        .limits()
-        .check_metadata(&metadata)
-        .map_err(|e| reject(rpc, peer, e))?;
-    let pattern = pattern
-        .parse()
-        .map_err(|e| reject(rpc, peer, RegistryError::Role(e)))?;
-    let namespace = namespace_or_default(namespace).map_err(|e| reject(rpc, peer, e))?;
-    Ok(Selector {
-        namespace: namespace.to_string(),
-        pattern,
-        metadata: metadata.into_iter().collect(),
-    })
-}
-
-fn services(list: Vec<Arc<seaport::Service>>) -> Vec<wire::Service> {
-    list.into_iter().map(wire::Service).collect()
-}
-
-fn watch_event(event: WatchEvent) -> pb::WatchEvent {
-    pb::WatchEvent {
-        kind: seaport::pb::watch_event::Kind::from(event.kind) as i32,
-        service: event.service.map(wire::Service),
-        revision: event.revision,
-        reason: event
-            .reason
-            .map_or(0, |r| seaport::pb::FreeReason::from(r) as i32),
-    }
-}
-
 /// A long response stream that ends when the server stops.
 pub type Stopping<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -207,21 +167,12 @@ impl RegistryApi for RegistryService {
         let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Register", true)?;
         let r = request.into_inner();
-        let new = NewService {
-            session_id: r.session_id,
-            role: r.role,
-            namespace: r.namespace,
-            host: r.host,
-            port: r.port,
-            id: r.id,
-            metadata: r.metadata.into_iter().collect(),
-        };
         let service = self
             .registry
-            .register(new, &actor)
+            .register(convert::new_service(r), &actor)
             .map_err(|e| reject("Register", peer, e))?;
         Ok(Response::new(pb::RegisterResponse {
-            service: Some(wire::Service(service)),
+            service: convert::service(service),
         }))
     }
 
@@ -231,18 +182,13 @@ impl RegistryApi for RegistryService {
     ) -> Result<Response<pb::UpdateResponse>, Status> {
         let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Update", true)?;
-        let r = request.into_inner();
-        let change = MetadataChange {
-            set: r.metadata.into_iter().collect(),
-            merge: r.merge,
-            remove: r.remove_keys,
-        };
+        let (session_id, id, change) = convert::metadata_change(request.into_inner());
         let service = self
             .registry
-            .update(&r.session_id, &r.id, change, &actor)
+            .update(&session_id, &id, change, &actor)
             .map_err(|e| reject("Update", peer, e))?;
         Ok(Response::new(pb::UpdateResponse {
-            service: Some(wire::Service(service)),
+            service: convert::service(service),
         }))
     }
 
@@ -258,7 +204,7 @@ impl RegistryApi for RegistryService {
             .free(&r.session_id, &r.id, &actor)
             .map_err(|e| reject("Free", peer, e))?;
         Ok(Response::new(pb::FreeResponse {
-            service: Some(wire::Service(service)),
+            service: convert::service(service),
         }))
     }
 
@@ -269,17 +215,13 @@ impl RegistryApi for RegistryService {
         let peer = request.remote_addr();
         self.auth.caller(&request, "Query", false)?;
         let r = request.into_inner();
-        let selector = selector(
-            &self.registry,
-            "Query",
-            peer,
-            &r.pattern,
-            &r.namespace,
-            r.metadata,
-        )?;
+        let selector = self
+            .registry
+            .selector(&r.pattern, &r.namespace, r.metadata)
+            .map_err(|e| reject("Query", peer, e))?;
         let (found, revision) = self.registry.query(&selector);
         Ok(Response::new(pb::QueryResponse {
-            services: services(found),
+            services: convert::services(found),
             revision,
         }))
     }
@@ -292,14 +234,10 @@ impl RegistryApi for RegistryService {
         self.auth.caller(&request, "Get", false)?;
         let deadline = get_deadline(&request, request.get_ref().timeout_ms);
         let r = request.into_inner();
-        let selector = selector(
-            &self.registry,
-            "Get",
-            peer,
-            &r.pattern,
-            &r.namespace,
-            r.metadata,
-        )?;
+        let selector = self
+            .registry
+            .selector(&r.pattern, &r.namespace, r.metadata)
+            .map_err(|e| reject("Get", peer, e))?;
         let wait = self.registry.get(&selector);
         let (found, revision) = match deadline {
             Some(d) => tokio::time::timeout(d, wait).await.map_err(|_| {
@@ -315,7 +253,7 @@ impl RegistryApi for RegistryService {
             None => wait.await,
         };
         Ok(Response::new(pb::GetResponse {
-            services: services(found),
+            services: convert::services(found),
             revision,
         }))
     }
@@ -327,14 +265,10 @@ impl RegistryApi for RegistryService {
         let peer = request.remote_addr();
         self.auth.caller(&request, "Watch", false)?;
         let r = request.into_inner();
-        let selector = selector(
-            &self.registry,
-            "Watch",
-            peer,
-            &r.pattern,
-            &r.namespace,
-            r.metadata,
-        )?;
+        let selector = self
+            .registry
+            .selector(&r.pattern, &r.namespace, r.metadata)
+            .map_err(|e| reject("Watch", peer, e))?;
         if self.watchers.fetch_add(1, Ordering::Relaxed) >= self.max_watchers {
             self.watchers.fetch_sub(1, Ordering::Relaxed);
             return Err(reject(
@@ -349,7 +283,7 @@ impl RegistryApi for RegistryService {
             .watch(selector, r.since_revision)
             .map(move |event| {
                 let _counted = &watcher;
-                Ok(watch_event(event))
+                Ok(convert::watch_event(event))
             });
         Ok(Response::new(until_stop(events, &self.stop)))
     }
