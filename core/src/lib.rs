@@ -304,13 +304,13 @@ impl Registry {
         )
     }
 
-    /// Resumes a session that is still open, and refreshes it.
+    /// Resumes a session that is still open, and pings it.
     pub fn resume_session(&self, id: &str, actor: &Actor) -> Result<SessionInfo> {
         let mut state = self.lock();
         session_of(&state, id, actor, Pinned::Refused)?;
         let session = state
             .sessions
-            .touch(id, Instant::now())
+            .ping(id, Instant::now())
             .ok_or(RegistryError::UnknownSession)?;
         Ok(SessionInfo {
             id: id.to_string(),
@@ -322,9 +322,9 @@ impl Registry {
     }
 
     /// Keeps a session alive for another ttl.
-    pub fn touch(&self, id: &str) -> Result<()> {
+    pub fn ping(&self, id: &str) -> Result<()> {
         let mut state = self.lock();
-        match state.sessions.touch(id, Instant::now()) {
+        match state.sessions.ping(id, Instant::now()) {
             Some(_) => Ok(()),
             None => Err(RegistryError::UnknownSession),
         }

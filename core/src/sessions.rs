@@ -94,7 +94,7 @@ impl Evictions {
 ///
 /// Every expiring session has exactly one entry in `expiries`, possibly
 /// older than its deadline: a ping only moves `deadline` (cheap, no tree
-/// update) and the reaper re-queues entries whose session was refreshed.
+/// update) and the reaper re-queues entries whose session was pinged.
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     /// Keyed by the id every service of the session shares, rather than
@@ -112,7 +112,7 @@ impl Sessions {
     }
 
     /// Extends the session's life by its ttl from `now`.
-    pub(crate) fn touch(&mut self, id: &str, now: Instant) -> Option<&Session> {
+    pub(crate) fn ping(&mut self, id: &str, now: Instant) -> Option<&Session> {
         let session = self.open.get_mut(id)?;
         if session.deadline.is_some() {
             session.deadline = Some(now + session.ttl);
@@ -121,7 +121,7 @@ impl Sessions {
     }
 
     /// Ids of the sessions whose deadline has passed, removed from the
-    /// queue; re-queues the ones refreshed since they were queued.
+    /// queue; re-queues the ones pinged since they were queued.
     pub(crate) fn due(&mut self, now: Instant) -> Vec<Arc<str>> {
         let mut due = Vec::new();
         while let Some((at, _)) = self.expiries.first() {
@@ -163,14 +163,14 @@ mod tests {
     }
 
     #[test]
-    fn only_sessions_not_refreshed_within_their_ttl_come_due() {
+    fn only_sessions_not_pinged_within_their_ttl_come_due() {
         let now = Instant::now();
         let ttl = Duration::from_secs(10);
         let (quiet, pinged): (Arc<str>, Arc<str>) = ("quiet".into(), "pinged".into());
         let mut sessions = Sessions::default();
         sessions.insert(quiet.clone(), session(ttl, now));
         sessions.insert(pinged.clone(), session(ttl, now));
-        sessions.touch(&pinged, now + Duration::from_secs(5));
+        sessions.ping(&pinged, now + Duration::from_secs(5));
         assert_eq!(sessions.due(now + ttl), [quiet]);
         assert_eq!(
             sessions.next_deadline(),

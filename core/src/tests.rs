@@ -39,7 +39,7 @@ async fn a_session_expires_after_its_ttl_without_pings() {
     );
     register(&registry, &s.id, "web@1.0.0");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    registry.touch(&s.id).unwrap();
+    registry.ping(&s.id).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         registry.query(&selector("web")).0.len(),
@@ -52,7 +52,7 @@ async fn a_session_expires_after_its_ttl_without_pings() {
         "silent for the ttl: freed"
     );
     assert!(matches!(
-        registry.touch(&s.id),
+        registry.ping(&s.id),
         Err(RegistryError::UnknownSession)
     ));
 }

@@ -10,7 +10,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 
 /// Serves health on `listener` until `stop` flips to true. `serving` is
 /// the registry's status: true answers 200, false 503.
-pub async fn serve<T: Health>(
+pub async fn run<T: Health>(
     listener: TcpListener,
     health: HealthServer<T>,
     serving: watch::Receiver<bool>,

@@ -112,7 +112,7 @@ pub async fn run_with_admin(
     );
     if let Some(admin) = admin {
         tracing::info!(admin = %admin.local_addr()?, "admin port serving health in plaintext");
-        tokio::spawn(admin::serve(
+        tokio::spawn(admin::run(
             admin,
             health_service.clone(),
             serving_rx,

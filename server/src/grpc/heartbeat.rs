@@ -39,7 +39,7 @@ fn reply(kind: Out) -> Result<pb::HeartbeatResponse, Status> {
 }
 
 /// Handles the first message and returns the stream that serves the session.
-pub(crate) async fn serve(
+pub(crate) async fn start(
     registry: Registry,
     peer: Option<SocketAddr>,
     actor: Actor,
@@ -115,7 +115,7 @@ impl HeartbeatStream {
     fn answer(&self, kind: Option<In>) -> Result<pb::HeartbeatResponse, Status> {
         let (id, peer) = (&self.id, self.peer);
         match kind {
-            Some(In::Ping(ping)) => match self.registry.touch(id) {
+            Some(In::Ping(ping)) => match self.registry.ping(id) {
                 Ok(()) => reply(Out::Pong(pb::Pong { seq: ping.seq })),
                 Err(e) => Err(reject(RPC, peer, e)),
             },

@@ -156,7 +156,7 @@ impl RegistryApi for RegistryService {
         let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Heartbeat", true)?;
         let stream =
-            heartbeat::serve(self.registry.clone(), peer, actor, request.into_inner()).await?;
+            heartbeat::start(self.registry.clone(), peer, actor, request.into_inner()).await?;
         Ok(Response::new(until_stop(stream, &self.stop)))
     }
 
