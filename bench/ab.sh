@@ -19,8 +19,9 @@ done
 runs=${RUNS:-4}
 duration=${DURATION:-10s}
 sessions=${SESSIONS:-1000}
-bench=${SEAPORT_BENCH:-target/release/seaport-bench}
-[ -n "${SEAPORT_BENCH:-}" ] || cargo build --release --quiet --bin seaport-bench
+. bench/release.sh
+bench=${SEAPORT_BENCH:-$release/seaport-bench}
+[ -n "${SEAPORT_BENCH:-}" ] || ensure_release seaport-bench
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -29,7 +30,7 @@ for run in $(seq "$runs"); do
     build=${!side}
     echo "run $run of $runs: $build" >&2
     SEAPORTD=$build "$bench" --sessions "$sessions" --duration "$duration" --sizes \
-      --watchers 10 --get-rounds 1 --fanout-rounds 1 --idle-sessions 0 \
+      --watchers --get-rounds 0 --idle-sessions 0 \
       --out "$work/$side-$run.json" >/dev/null
   done
 done

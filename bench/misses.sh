@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The registry's cache misses per register+free pair, counted by cachegrind
-# in a simulated 1 MiB cache (one core's L2 here) while 1000 sessions take
-# turns (server/examples/registry_misses.rs says how). A count, not a time:
-# it does not move with the shared host, so it tells two builds apart where
-# the bench's ratio cannot. Installs valgrind from Debian's packages when
-# missing. Environment: OPS (default 4000), HISTORY, QUARANTINE_MS, TOP.
+# in a simulated 1 MiB cache (a common size of one core's L2) while 1000
+# sessions take turns (server/examples/registry_misses.rs says how). A
+# count, not a time: it does not move with the host's load, so it tells two
+# builds apart where the bench's ratio cannot. Installs valgrind from
+# Debian's packages when missing (root). Environment: OPS (default 4000),
+# HISTORY, QUARANTINE_MS, TOP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,15 +17,16 @@ fi
 
 # Debug info and v0 symbols name the function each miss is in, inlined
 # generics included; a target dir of its own keeps these flags apart.
+misses=${CARGO_TARGET_DIR:-target}/misses
 CARGO_PROFILE_RELEASE_DEBUG=2 RUSTFLAGS="-C symbol-mangling-version=v0" \
-  cargo build --release --quiet -p seaport-server --example registry_misses --target-dir target/misses
+  cargo build --release --quiet -p seaport-server --example registry_misses --target-dir "$misses"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Two runs differing only in the counted operations: the difference leaves
 # out start-up and warm-up.
 for n in "$ops" $((3 * ops)); do
   valgrind --tool=cachegrind --cache-sim=yes --D1=32768,8,64 --LL=1048576,16,64 \
-    --cachegrind-out-file="$work/$n" target/misses/release/examples/registry_misses "$n" \
+    --cachegrind-out-file="$work/$n" "$misses/release/examples/registry_misses" "$n" \
     >/dev/null 2>"$work/$n.log" || { cat "$work/$n.log" >&2; exit 1; }
 done
 cg_diff "$work/$ops" "$work/$((3 * ops))" >"$work/diff"

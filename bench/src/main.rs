@@ -18,9 +18,9 @@ use scenarios::Session;
 use server::Seaportd;
 use stats::Sample;
 
-/// The server's allocator: the load generator shares the machine's cores
-/// with the server, and glibc's malloc took a seventh of its time (perf,
-/// query hits), time the server then did not get.
+/// The load generator shares the cores with the server, so time its
+/// allocator spends is time the server lacks; mimalloc spends less of it
+/// than the system's malloc on small blocks freed across threads.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -43,15 +43,16 @@ struct Args {
     /// Concurrent callers for query (and the health baseline beside it).
     #[arg(long, default_value_t = 32)]
     query_concurrency: usize,
-    /// Registry sizes for query, in increasing order; memory is read at the largest.
+    /// Registry sizes for query; memory is read at the largest.
     /// Given with no sizes, the query and memory rows are left out.
-    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000,100000,1000000")]
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000,10000,100000,1000000")]
     sizes: Vec<usize>,
-    /// Rounds of the get wake-up scenario.
+    /// Rounds of the get wake-up scenario (0 leaves it out), after a few
+    /// uncounted ones.
     #[arg(long, default_value_t = 200)]
     get_rounds: usize,
-    /// Watcher counts for fan-out.
-    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    /// Watcher counts for fan-out; given with no counts, fan-out is left out.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "100,1000,10000")]
     watchers: Vec<usize>,
     /// Changes sent to the same watchers, one at a time, in each fan-out scenario.
     #[arg(long, default_value_t = 5)]
@@ -74,8 +75,8 @@ struct Args {
 struct Row {
     scenario: String,
     rate: Option<f64>,
-    p50_us: u32,
-    p99_us: u32,
+    p50_us: Option<u32>,
+    p99_us: Option<u32>,
     baseline_rate: Option<f64>,
     baseline_p99_us: Option<u32>,
     /// Server CPU per operation, and per health check, in microseconds.
@@ -93,8 +94,8 @@ impl Row {
         Row {
             scenario,
             rate: Some(s.rate()),
-            p50_us: s.quantile(0.5),
-            p99_us: s.quantile(0.99),
+            p50_us: Some(s.quantile(0.5)),
+            p99_us: Some(s.quantile(0.99)),
             baseline_rate: baseline.as_ref().map(Sample::rate),
             baseline_p99_us: baseline.as_mut().map(|b| b.quantile(0.99)),
             cpu_us: s.per_op_us(s.server_cpu),
@@ -110,8 +111,8 @@ impl Row {
         Row {
             scenario,
             rate: None,
-            p50_us: 0,
-            p99_us: 0,
+            p50_us: None,
+            p99_us: None,
             baseline_rate: None,
             baseline_p99_us: None,
             cpu_us: None,
@@ -155,12 +156,13 @@ fn print_table(rows: &[Row]) {
             .zip(r.baseline_rate)
             .map_or("-".into(), |(a, b)| format!("{:.2}", a / b));
         let cpu = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+        let us = |v: Option<u32>| v.map_or("-".into(), |v| v.to_string());
         println!(
             "{:<44} {:>11} {:>9} {:>9} {:>11} {:>7} {:>8} {:>8} {:>8} {:>8}  {}",
             r.scenario,
             rate,
-            r.p50_us,
-            r.p99_us,
+            us(r.p50_us),
+            us(r.p99_us),
             base,
             ratio,
             cpu(r.cpu_us),
@@ -211,6 +213,24 @@ where
     (base, measured)
 }
 
+/// The server to measure: the one at `--addr`, or a seaportd of our own.
+async fn server(args: &Args) -> Seaportd {
+    if let Some(addr) = args.addr {
+        return Seaportd::external(addr);
+    }
+    let largest = args.sizes.last().copied().unwrap_or(0);
+    let flags = [
+        "--max-registrations-per-session".to_string(),
+        // The register scenario keeps what it registers until it ends.
+        (largest + 1000).max(10_000_000).to_string(),
+        // A single session frees thousands of ports a second on its host;
+        // the default 5s quarantine would soon hold most of the range.
+        "--port-quarantine".to_string(),
+        "1s".to_string(),
+    ];
+    Seaportd::start(&flags).await
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = Args::parse();
@@ -223,24 +243,10 @@ async fn main() {
         args.idle_sessions = 50;
         args.idle_window = Duration::from_secs(1);
     }
-    let largest = args.sizes.iter().copied().max().unwrap_or(0);
-    let server = match args.addr {
-        Some(addr) => Seaportd::external(addr),
-        None => {
-            let flags = [
-                "--max-registrations-per-session".to_string(),
-                // The register scenario keeps what it registers until it ends.
-                (largest + 1000).max(10_000_000).to_string(),
-                // One session churns ~10k ports a second on its host; the
-                // default 5s quarantine would hold most of the range.
-                "--port-quarantine".to_string(),
-                "1s".to_string(),
-            ];
-            Seaportd::start(&flags).await
-        }
-    };
-    let channels = scenarios::connect(server.addr, args.connections).await;
-    let pid = server.pid();
+    args.sizes.sort_unstable();
+    args.sizes.dedup();
+    let mut server = server(&args).await;
+    let mut channels = scenarios::connect(server.addr, args.connections).await;
     let mut rows = Vec::new();
     let d = args.duration;
 
@@ -252,9 +258,9 @@ async fn main() {
             "registrations kept until the session closes",
         ),
     ];
-    let on = channels.as_slice();
     for (name, keep, note) in shapes {
         for &n in &args.sessions {
+            let (pid, on) = (server.pid(), channels.as_slice());
             // The same sessions through every slice, closed (freeing what
             // they kept) once the row is measured.
             let sessions = scenarios::open_sessions(on, n).await;
@@ -263,7 +269,7 @@ async fn main() {
             let (baseline, sample) = side_by_side(
                 pid,
                 d,
-                |t| scenarios::health(&channels, n, t),
+                |t| scenarios::health(on, n, t),
                 |t| {
                     slice += 1;
                     scenarios::register(on, ids.clone(), t, keep, slice)
@@ -280,6 +286,21 @@ async fn main() {
         }
     }
 
+    // The rows below want a registry of a known size and a server whose
+    // memory no earlier row has grown (an allocator keeps what it freed):
+    // a seaportd of their own, when we start it.
+    let more = !args.sizes.is_empty()
+        || args.get_rounds > 0
+        || !args.watchers.is_empty()
+        || args.idle_sessions > 0;
+    if args.addr.is_none() && more {
+        drop(channels);
+        drop(server);
+        server = self::server(&args).await;
+        channels = scenarios::connect(server.addr, args.connections).await;
+    }
+    let pid = server.pid();
+
     let writers: Vec<Session> = {
         let mut v = Vec::new();
         for i in 0..16 {
@@ -287,7 +308,7 @@ async fn main() {
         }
         v
     };
-    let rss_before = server.pid().and_then(server::rss);
+    let (empty, mut full) = (pid.and_then(server::rss), None);
     let mut filled = 0;
     for &size in &args.sizes {
         let t = Instant::now();
@@ -297,6 +318,8 @@ async fn main() {
             t.elapsed().as_secs_f64()
         );
         filled = size;
+        // Read before the queries, which should leave nothing behind.
+        full = pid.and_then(server::rss);
         let c = args.query_concurrency;
         for (kind, pattern, expect) in [("hit", "svc-42@1.x", 4), ("miss", "nosuch@1.x", 0)] {
             let (baseline, sample) = side_by_side(
@@ -314,30 +337,38 @@ async fn main() {
             ));
         }
     }
-    let rss_after = server.pid().and_then(server::rss).filter(|_| filled > 0);
-    if let (Some(before), Some(after)) = (rss_before, rss_after) {
-        let per = after.saturating_sub(before) as f64 / filled.max(1) as f64;
+    if let (Some(empty), Some(full)) = (empty, full) {
+        // Signed: a shrinking RSS would be a finding, not a zero.
+        let per = (full as f64 - empty as f64) / filled as f64;
         rows.push(Row::note(
             format!("memory, {filled} registrations"),
             format!(
-                "RSS {:.0} MiB, {per:.0} bytes/registration",
-                after as f64 / 1048576.0
+                "RSS {:.0} MiB, {per:.0} bytes/registration over the empty server's {:.0} MiB",
+                full as f64 / 1048576.0,
+                empty as f64 / 1048576.0
             ),
         ));
     }
     drop(writers);
 
-    let wake = scenarios::get_wakeup(&channels[0], args.get_rounds).await;
-    rows.push(Row::from(
-        "get wake-up".into(),
-        wake,
-        None,
-        "Register sent -> waiting Get returning".into(),
-    ));
+    if args.get_rounds > 0 {
+        let wake = scenarios::get_wakeup(&channels[0], args.get_rounds).await;
+        let mut row = Row::from(
+            "get wake-up".into(),
+            wake,
+            None,
+            format!(
+                "Register sent -> waiting Get returning, {} rounds",
+                args.get_rounds
+            ),
+        );
+        // Rounds are paced by the bench, so their count over time is no rate.
+        row.rate = None;
+        rows.push(row);
+    }
 
     for &w in &args.watchers {
-        let (mut fan, cpu) =
-            scenarios::watch_fanout(&channels, w, args.fanout_rounds, server.pid()).await;
+        let (mut fan, cpu) = scenarios::watch_fanout(&channels, w, args.fanout_rounds, pid).await;
         let worst = fan.quantile(1.0);
         let mut row = Row::from(
             format!("watch fan-out, {w} watchers"),
@@ -360,7 +391,7 @@ async fn main() {
         rows.push(row);
     }
 
-    if let Some(pid) = server.pid().filter(|_| args.idle_sessions > 0) {
+    if let Some(pid) = pid.filter(|_| args.idle_sessions > 0) {
         let mut idle = Vec::new();
         for i in 0..args.idle_sessions {
             idle.push(Session::open(channels[i % channels.len()].clone(), 0).await);
@@ -385,11 +416,17 @@ async fn main() {
         let (cpu1, wall) = (server::cpu_time(pid), t0.elapsed());
         pinger.abort();
         if let (Some(a), Some(b)) = (cpu0, cpu1) {
-            let share = (b - a).as_secs_f64() / wall.as_secs_f64() * 100.0;
+            let busy = (b - a).as_secs_f64() / wall.as_secs_f64();
+            // The share is the ping rate times what each ping costs: the
+            // cost is mostly the kernel waking an idle server, so it is
+            // printed too, for a ping rate or a host other than this run's.
+            let pings = args.idle_sessions as f64 / interval.as_secs_f64();
             rows.push(Row::note(
                 format!("{} idle sessions heartbeating", args.idle_sessions),
                 format!(
-                    "server CPU {share:.2}% of one core (a ping each every {:.1}s)",
+                    "server CPU {:.2}% of one core, {:.1} us a ping ({pings:.0} pings/s: each session's every {:.1}s)",
+                    busy * 100.0,
+                    busy / pings * 1e6,
                     interval.as_secs_f64()
                 ),
             ));

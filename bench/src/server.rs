@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// A seaportd child process, killed on drop.
@@ -76,8 +77,27 @@ pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
     // Fields after the command name, which is in parentheses.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // Linux reports in clock ticks of 1/100 s on every platform we run on.
-    Some(Duration::from_millis(ticks * 10))
+    let hz = ticks_per_second()?;
+    Some(Duration::from_secs(ticks / hz) + Duration::from_nanos((ticks % hz) * 1_000_000_000 / hz))
+}
+
+/// The clock ticks a second in which /proc counts CPU time (`getconf
+/// CLK_TCK`): the kernel's choice, so read from it, not assumed.
+fn ticks_per_second() -> Option<u64> {
+    static TICKS: OnceLock<Option<u64>> = OnceLock::new();
+    *TICKS.get_or_init(|| clock_ticks(&std::fs::read("/proc/self/auxv").ok()?))
+}
+
+/// AT_CLKTCK from an auxiliary vector: (key, value) pairs of native words,
+/// the same vector `getconf` reads through `sysconf`.
+fn clock_ticks(auxv: &[u8]) -> Option<u64> {
+    const AT_CLKTCK: usize = 17;
+    let words: Vec<usize> = auxv
+        .chunks_exact(size_of::<usize>())
+        .map(|w| usize::from_ne_bytes(w.try_into().unwrap()))
+        .collect();
+    let pair = words.chunks_exact(2).find(|pair| pair[0] == AT_CLKTCK)?;
+    Some(pair[1] as u64).filter(|&hz| hz > 0)
 }
 
 /// Resident set size in bytes.
@@ -86,4 +106,29 @@ pub(crate) fn rss(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_ticks_come_from_the_auxiliary_vector() {
+        let auxv: Vec<u8> = [6, 4096, 17, 250, 0, 0]
+            .iter()
+            .flat_map(|w: &usize| w.to_ne_bytes())
+            .collect();
+        assert_eq!(clock_ticks(&auxv), Some(250));
+        assert_eq!(clock_ticks(&auxv[..2 * size_of::<usize>()]), None);
+        assert!(
+            ticks_per_second().is_some(),
+            "this process's own vector has it"
+        );
+    }
+
+    #[test]
+    fn cpu_time_reads_our_own_process() {
+        let mine = cpu_time(std::process::id()).expect("/proc/self/stat");
+        assert!(mine < Duration::from_secs(3600));
+    }
 }
