@@ -112,7 +112,7 @@ async fn server_on(
         std::fs::write(&path, text).unwrap();
         path
     });
-    let config = seaport_server::Config {
+    let mut config = seaport_server::Config {
         tls: Some(TlsFiles {
             cert: dir.join("server.pem"),
             key: dir.join("server-key.pem"),
@@ -122,6 +122,9 @@ async fn server_on(
         require_client_cert_for_reads: reads_need_cert,
         ..test_config()
     };
+    // Clients ping every second, so an admin's free reaches its owner
+    // (with the next pong) well within the tests' patience.
+    config.limits.default_ttl = Duration::from_secs(3);
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
     let server = TestServer::serve(listener, Some(admin), config);

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use seaport::{FreeReason, Metadata, Role, Service, quote, validate_name};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 pub use error::{RegistryError, Result};
@@ -262,7 +262,7 @@ impl Registry {
                 owner: owner.into(),
                 label,
                 services: Default::default(),
-                evictions: Default::default(),
+                evictions: None,
             },
         );
         drop(state);
@@ -291,7 +291,7 @@ impl Registry {
             owner: "".into(),
             label: self.next_label(),
             services: Default::default(),
-            evictions: Default::default(),
+            evictions: None,
         };
         self.lock().sessions.insert(id.as_str().into(), session);
         self.register_in(
@@ -321,22 +321,20 @@ impl Registry {
         })
     }
 
-    /// Keeps a session alive for another ttl.
-    pub fn ping(&self, id: &str) -> Result<()> {
+    /// Keeps a session alive for another ttl, and hands over what admins
+    /// freed of it since the last ping (almost always nothing).
+    pub fn ping(&self, id: &str) -> Result<Vec<Eviction>> {
         let mut state = self.lock();
-        match state.sessions.ping(id, Instant::now()) {
-            Some(_) => Ok(()),
-            None => Err(RegistryError::UnknownSession),
-        }
-    }
-
-    /// The notices of admins' frees for the holder of session `id`, from
-    /// now on, with those made while no stream was attached first. A later
-    /// call replaces the stream. `None` when the session is gone.
-    pub fn evictions(&self, id: &str) -> Option<mpsc::UnboundedReceiver<Eviction>> {
-        let mut state = self.lock();
-        let session = state.sessions.open.get_mut(id)?;
-        Some(session.evictions.attach())
+        state
+            .sessions
+            .ping(id, Instant::now())
+            .ok_or(RegistryError::UnknownSession)?;
+        Ok(state
+            .sessions
+            .open
+            .get_mut(id)
+            .and_then(|s| s.evictions.as_mut())
+            .map_or_else(Vec::new, |e| e.take()))
     }
 
     /// Ends a session and frees its registrations; returns how many.
@@ -398,7 +396,11 @@ impl Registry {
         let mut state = self.lock();
         let state = &mut *state;
         let (session_id, session) = session_of(state, &new.session_id, actor, pinned)?;
-        if session.evictions.contains(&new.id) {
+        if session
+            .evictions
+            .as_ref()
+            .is_some_and(|e| e.contains(&new.id))
+        {
             return Err(RegistryError::Evicted(new.id));
         }
         let session_id = session_id.clone();
@@ -494,7 +496,7 @@ impl Registry {
         let set: Metadata = change.set.into_iter().collect();
         let mut state = self.lock();
         let state = &mut *state;
-        let (previous, _) = authorize(state, session_id, id, actor, false)?;
+        let (previous, _) = authorize(state, session_id, id, actor, || false)?;
         let previous = previous.clone();
         let mut metadata = if change.merge {
             previous.metadata.clone()
@@ -523,12 +525,15 @@ impl Registry {
         // Read before the lock, as Register's is: the other core may be
         // waiting for it.
         let now = Instant::now();
-        let admin = self
-            .shared
-            .policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_admin(&actor.identity);
+        // The policy is read only for a caller who is not the owner: both
+        // cores would otherwise write its lock word on every free.
+        let admin = || {
+            self.shared
+                .policy
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_admin(&actor.identity)
+        };
         let mut state = self.lock();
         let (service, by_owner) = authorize(&state, session_id, id, actor, admin)?;
         let service = service.clone();
@@ -541,7 +546,7 @@ impl Registry {
             session.services.remove(id);
             if reason == FreeReason::Admin {
                 tracing::info!(id, admin = %actor.identity, session = session.label, "freed by an admin");
-                session.evictions.record(Eviction {
+                session.evictions.get_or_insert_default().record(Eviction {
                     id: id.to_string(),
                     by: actor.identity.clone(),
                 });
@@ -767,14 +772,14 @@ fn place(state: &mut State, service: &Arc<Service>) {
 
 /// The service `id`, if `actor` may change it through `session_id`: the
 /// session that holds it, or under mTLS any session of the owning identity,
-/// or an admin when `admin_may` (a free by an admin). Also says whether the
-/// caller is its owner (rather than an admin).
+/// or an admin when `admin_may` says so (asked only of a caller who is not
+/// the owner). Also says whether the caller is its owner.
 fn authorize<'a>(
     state: &'a State,
     session_id: &str,
     id: &str,
     actor: &Actor,
-    admin_may: bool,
+    admin_may: impl FnOnce() -> bool,
 ) -> Result<(&'a Arc<Service>, bool)> {
     session_of(state, session_id, actor, Pinned::Refused)?;
     let service = state
@@ -783,7 +788,7 @@ fn authorize<'a>(
         .ok_or_else(|| RegistryError::UnknownService(id.to_string()))?;
     let owner = *service.session_id == *session_id
         || (!service.owner.is_empty() && *service.owner == *actor.identity);
-    if owner || admin_may {
+    if owner || admin_may() {
         return Ok((service, owner));
     }
     Err(RegistryError::NotOwner {

@@ -259,7 +259,6 @@ async fn frees_say_why_and_an_admins_is_final() {
         identity: "ops".into(),
     };
     let s = registry.open_session(Some(Duration::from_secs(2)), "h".into(), "alice".into());
-    let mut notices = registry.evictions(&s.id).unwrap();
     let register_as = |id: &str| {
         registry.register(
             NewService {
@@ -277,13 +276,14 @@ async fn frees_say_why_and_an_admins_is_final() {
     let admin_session = registry.open_session(None, "h".into(), "ops".into());
     registry.free(&admin_session.id, "evicted", &ops).unwrap();
     assert_eq!(
-        notices.try_recv().unwrap(),
-        Eviction {
+        registry.ping(&s.id).unwrap(),
+        [Eviction {
             id: "evicted".into(),
             by: "ops".into()
-        },
-        "the holder is told"
+        }],
+        "the holder is told with its next ping"
     );
+    assert!(registry.ping(&s.id).unwrap().is_empty(), "once");
     assert!(
         matches!(register_as("evicted"), Err(RegistryError::Evicted(id)) if id == "evicted"),
         "the session cannot register it again"
@@ -311,34 +311,6 @@ async fn frees_say_why_and_an_admins_is_final() {
             Some(FreeReason::Closed)
         ]
     );
-}
-
-#[tokio::test]
-async fn evictions_made_while_no_stream_is_attached_wait_for_the_next() {
-    let (registry, _guard) = Registry::new(Limits::default());
-    let s = registry.open_session(None, "h".into(), "alice".into());
-    registry.set_policy(Policy::parse(OPS_ADMIN, "test").unwrap());
-    let alice = Actor {
-        identity: "alice".into(),
-    };
-    let web = registry
-        .register(
-            NewService {
-                session_id: s.id.clone(),
-                role: "web".into(),
-                ..Default::default()
-            },
-            &alice,
-        )
-        .unwrap();
-    drop(registry.evictions(&s.id));
-    let ops = Actor {
-        identity: "ops".into(),
-    };
-    let admin_session = registry.open_session(None, "h".into(), "ops".into());
-    registry.free(&admin_session.id, &web.id, &ops).unwrap();
-    let mut resumed = registry.evictions(&s.id).unwrap();
-    assert_eq!(resumed.try_recv().unwrap().id, web.id);
 }
 
 #[tokio::test]

@@ -714,8 +714,9 @@ type HeartbeatResponse_Closed struct {
 }
 
 type HeartbeatResponse_Evicted struct {
-	// An admin freed one of the session's registrations. That is final:
-	// the client must not register it again.
+	// An admin freed one of the session's registrations (sent after the
+	// next pong, or at once on resume). That is final: the client must not
+	// register it again.
 	Evicted *Evicted `protobuf:"bytes,4,opt,name=evicted,proto3,oneof"`
 }
 

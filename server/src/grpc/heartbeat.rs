@@ -2,6 +2,7 @@
 //! closes the session on request. A stream that drops leaves the session
 //! to its ttl, so a network blip frees nothing.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -13,7 +14,6 @@ use tonic::{Status, Streaming};
 use super::status::{invalid, reject};
 use crate::pb::{self, heartbeat_request::Kind as In, heartbeat_response::Kind as Out};
 use crate::registry::{Actor, Eviction, Registry, SessionInfo};
-use tokio::sync::mpsc;
 
 /// The RPC's name, as errors cite it.
 const RPC: &str = "Heartbeat";
@@ -36,6 +36,10 @@ pub(crate) fn observed_host(addr: Option<SocketAddr>) -> String {
 
 fn reply(kind: Out) -> Result<pb::HeartbeatResponse, Status> {
     Ok(pb::HeartbeatResponse { kind: Some(kind) })
+}
+
+fn evicted_reply(e: Eviction) -> Result<pb::HeartbeatResponse, Status> {
+    reply(Out::Evicted(super::convert::evicted(e)))
 }
 
 /// Handles the first message and returns the stream that serves the session.
@@ -79,23 +83,28 @@ pub(crate) async fn start(
         }
     };
 
-    let opened = Out::Opened(super::convert::opened(&info));
-    let evictions = registry.evictions(&info.id);
+    let mut queued = VecDeque::from([reply(Out::Opened(super::convert::opened(&info)))]);
+    // A resumed session hears at once what admins freed while it was away.
+    if info.resumed
+        && let Ok(evicted) = registry.ping(&info.id)
+    {
+        queued.extend(evicted.into_iter().map(evicted_reply));
+    }
     Ok(HeartbeatStream {
         registry,
         id: info.id,
         label: info.label,
         peer,
-        opened: Some(reply(opened)),
-        evictions,
+        queued,
         inbound,
         done: false,
     })
 }
 
 /// The server's side of one Heartbeat call: `opened`, then an answer to
-/// each client message. The response reads the client's messages itself,
-/// so a session costs no task of its own.
+/// each client message, each pong followed by an `evicted` for every
+/// registration an admin freed since the last. The response reads the
+/// client's messages itself, so a session costs no task of its own.
 pub(crate) struct HeartbeatStream {
     registry: Registry,
     /// The session's id: a secret, never logged.
@@ -103,20 +112,23 @@ pub(crate) struct HeartbeatStream {
     /// The session's name in logs.
     label: u64,
     peer: Option<SocketAddr>,
-    opened: Option<Result<pb::HeartbeatResponse, Status>>,
-    /// Admins' frees of the session's registrations, to tell the client.
-    evictions: Option<mpsc::UnboundedReceiver<Eviction>>,
+    /// Answers due before the next client message is read: `opened`, and
+    /// the admins' frees a ping handed over after its pong.
+    queued: VecDeque<Result<pb::HeartbeatResponse, Status>>,
     inbound: Streaming<pb::HeartbeatRequest>,
     /// Set after the last answer (closed, or an error).
     done: bool,
 }
 
 impl HeartbeatStream {
-    fn answer(&self, kind: Option<In>) -> Result<pb::HeartbeatResponse, Status> {
+    fn answer(&mut self, kind: Option<In>) -> Result<pb::HeartbeatResponse, Status> {
         let (id, peer) = (&self.id, self.peer);
         match kind {
             Some(In::Ping(ping)) => match self.registry.ping(id) {
-                Ok(()) => reply(Out::Pong(pb::Pong { seq: ping.seq })),
+                Ok(evicted) => {
+                    self.queued.extend(evicted.into_iter().map(evicted_reply));
+                    reply(Out::Pong(pb::Pong { seq: ping.seq }))
+                }
                 Err(e) => Err(reject(RPC, peer, e)),
             },
             Some(In::Close(_)) => match self.registry.close_session(id) {
@@ -147,21 +159,11 @@ impl Stream for HeartbeatStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(opened) = this.opened.take() {
-            return Poll::Ready(Some(opened));
+        if let Some(queued) = this.queued.pop_front() {
+            return Poll::Ready(Some(queued));
         }
         if this.done {
             return Poll::Ready(None);
-        }
-        if let Some(evictions) = &mut this.evictions {
-            match evictions.poll_recv(cx) {
-                Poll::Ready(Some(e)) => {
-                    return Poll::Ready(Some(reply(Out::Evicted(super::convert::evicted(e)))));
-                }
-                // A later stream of the same session took the notices over.
-                Poll::Ready(None) => this.evictions = None,
-                Poll::Pending => {}
-            }
         }
         match ready!(Pin::new(&mut this.inbound).poll_next(cx)) {
             Some(Ok(message)) => {
