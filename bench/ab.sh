@@ -2,7 +2,7 @@
 # Before and after: two seaportd builds, measured in alternating runs of
 # the register+free row, then each one's figures side by side. The host
 # moves a single run by several percent, so only runs interleaved in one
-# batch compare; this is how PERFORMANCE.md's before/after tables were made.
+# batch compare; docs/PERFORMANCE.md's before/after figures are made so.
 #   RUNS=4 DURATION=10s SESSIONS=1000 bench/ab.sh path/to/seaportd-before path/to/seaportd-after
 # A build is any executable taking seaportd's flags: a wrapper script that
 # adds some (`exec seaportd "$@" --history 0`) measures a setting.
