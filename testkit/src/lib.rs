@@ -1,6 +1,10 @@
 //! The one test kit: starts real seaportd servers on ephemeral ports,
 //! opens real sessions over gRPC, and waits for what a test expects,
-//! for the end-to-end suite, seaportctl's tests and the client's alike.
+//! for the end-to-end suite, seaportctl's tests and the client's alike;
+//! and runs real etcd clusters ([`EtcdCluster`]) for the etcd backend.
+
+pub mod etcd;
+pub use etcd::EtcdCluster;
 
 use std::net::SocketAddr;
 use std::time::Duration;
