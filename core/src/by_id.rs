@@ -57,6 +57,11 @@ impl ServicesById {
         self.services.take(id).map(|s| s.0)
     }
 
+    /// Every id held.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = &str> {
+        self.services.iter().map(|s| &*s.0.id)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.services.len()
     }

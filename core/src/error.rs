@@ -115,6 +115,14 @@ pub enum RegistryError {
         "session holds {0} registrations, the limit; free some or raise --max-registrations-per-session"
     )]
     TooManyRegistrations(usize),
+    /// The store cannot be reached, or this server cannot serve yet; the
+    /// message says which.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Another request changed the registration between this one's check
+    /// and its write.
+    #[error("service {} changed while this request was made; read it again and retry", quote(.0))]
+    Changed(String),
 }
 
 /// Shorthand for results of the registry core.

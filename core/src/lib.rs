@@ -3,6 +3,7 @@
 //! use, applies the rules (validation, policy, ownership, port choice), and
 //! publishes every change on a feed that wakes `get` waiters and watches.
 
+mod apply;
 mod by_id;
 mod error;
 mod index;
@@ -10,6 +11,7 @@ mod limits;
 mod policy;
 mod ports;
 mod sessions;
+mod store;
 mod watch;
 
 use std::collections::VecDeque;
@@ -19,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use seaport::{FreeReason, Metadata, Role, Service, quote, validate_name};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch as latest};
 use tokio::time::Instant;
 
 pub use error::{RegistryError, Result};
@@ -27,6 +29,7 @@ pub use limits::Limits;
 pub use policy::Policy;
 pub use seaport::EventKind;
 pub use sessions::Eviction;
+pub use store::{Applied, SessionRecord, Store, StoreFuture, StoreHealth, Write};
 pub use watch::{Change, ChangeKind, Selector, Watch, WatchEvent};
 
 use by_id::ServicesById;
@@ -54,10 +57,20 @@ struct Shared {
     stopping: AtomicBool,
     /// The last session label handed out.
     labels: AtomicU64,
+    /// Where the truth lives when not in this process (etcd); `None` for
+    /// the memory store, whose truth is the state itself.
+    store: Option<Arc<dyn Store>>,
+    /// The last revision the state reflects: a write through a store
+    /// returns once its own revision is applied, so its writer reads it.
+    applied: latest::Sender<u64>,
+    /// Where the state stands with its store.
+    health: latest::Sender<StoreHealth>,
 }
 
 struct State {
     revision: u64,
+    /// `history` holds every change made after this revision.
+    history_floor: u64,
     index: Index,
     by_id: ServicesById,
     ports: Ports,
@@ -167,6 +180,20 @@ impl Drop for ReaperGuard {
     }
 }
 
+/// The answer of a call that does not wait, as every call on the memory
+/// store is: for benches and model tests that drive the registry from
+/// plain threads. Panics if the call waits (a store's round trip).
+pub fn at_once<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(answer) => answer,
+        std::task::Poll::Pending => {
+            panic!("at_once: the call waited; only the memory store's calls answer at once")
+        }
+    }
+}
+
 /// The namespace used when none is given.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -191,12 +218,34 @@ fn random_id() -> String {
 }
 
 impl Registry {
-    /// A new, empty registry and its session reaper, which runs until the
-    /// guard is dropped. Must be called inside a tokio runtime.
+    /// A new, empty registry on the memory store, and its session reaper,
+    /// which runs until the guard is dropped. Must be called inside a tokio
+    /// runtime.
     pub fn new(limits: Limits) -> (Registry, ReaperGuard) {
+        let registry = Registry::build(limits, None);
+        tokio::spawn(reap(registry.clone()));
+        (registry.clone(), ReaperGuard(registry))
+    }
+
+    /// A registry whose truth `store` keeps. It answers reads once the
+    /// store has loaded it ([`Registry::load`]), and follows the store's
+    /// feed ([`Registry::apply`]); sessions expire in the store, so there
+    /// is no reaper here.
+    pub fn with_store(limits: Limits, store: Arc<dyn Store>) -> Registry {
+        Registry::build(limits, Some(store))
+    }
+
+    fn build(limits: Limits, store: Option<Arc<dyn Store>>) -> Registry {
         let (feed, _) = broadcast::channel(limits.watch_buffer.max(1));
+        let revision = if store.is_some() { 0 } else { first_revision() };
+        let health = if store.is_some() {
+            StoreHealth::Syncing
+        } else {
+            StoreHealth::Synced
+        };
         let state = State {
-            revision: first_revision(),
+            revision,
+            history_floor: revision,
             index: Index::default(),
             by_id: ServicesById::default(),
             ports: Ports::new(limits.port_range.clone(), limits.port_quarantine),
@@ -204,7 +253,7 @@ impl Registry {
             history: VecDeque::new(),
             evicted: Vec::new(),
         };
-        let registry = Registry {
+        Registry {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 limits,
@@ -213,15 +262,21 @@ impl Registry {
                 reaper_wake: Notify::new(),
                 stopping: AtomicBool::new(false),
                 labels: AtomicU64::new(0),
+                store,
+                applied: latest::Sender::new(revision),
+                health: latest::Sender::new(health),
             }),
-        };
-        tokio::spawn(reap(registry.clone()));
-        (registry.clone(), ReaperGuard(registry))
+        }
     }
 
     /// The limits this registry enforces.
     pub fn limits(&self) -> &Limits {
         &self.shared.limits
+    }
+
+    /// Where the registry stands with its store, now and as it changes.
+    pub fn health(&self) -> latest::Receiver<StoreHealth> {
+        self.shared.health.subscribe()
     }
 
     /// Puts `policy` in force for every call from now on.
@@ -243,68 +298,132 @@ impl Registry {
 
     /// Opens a session with the requested ttl (`None`: the default),
     /// clamped to the server's bounds.
-    pub fn open_session(
+    pub async fn open_session(
         &self,
         ttl: Option<Duration>,
         observed_host: String,
         owner: String,
-    ) -> SessionInfo {
+    ) -> Result<SessionInfo> {
         let ttl = self.shared.limits.clamp_ttl(ttl);
-        let id = random_id();
-        let label = self.next_label();
-        let mut state = self.lock();
-        state.sessions.insert(
-            id.as_str().into(),
-            Session {
-                ttl,
-                deadline: Some(Instant::now() + ttl),
-                observed_host: observed_host.clone(),
-                owner: owner.into(),
-                label,
-                services: Default::default(),
-                evictions: None,
-            },
-        );
-        drop(state);
-        self.shared.reaper_wake.notify_one();
-        SessionInfo {
-            id,
-            label,
+        let record = SessionRecord {
+            id: random_id(),
+            lease: 0,
             ttl,
             observed_host,
+            owner,
+            pinned: false,
+            closing: false,
+            evicted: Vec::new(),
+        };
+        let label = match &self.shared.store {
+            None => self.open_here(&record),
+            Some(store) => self.open_through(store.as_ref(), record.clone()).await?,
+        };
+        Ok(SessionInfo {
+            id: record.id,
+            label,
+            ttl,
+            observed_host: record.observed_host,
             resumed: false,
+        })
+    }
+
+    /// Opens the session in the memory store; returns its label.
+    fn open_here(&self, record: &SessionRecord) -> u64 {
+        let label = self.next_label();
+        let mut state = self.lock();
+        state
+            .sessions
+            .insert(record.id.as_str().into(), Session::of(record, label));
+        drop(state);
+        if !record.pinned {
+            self.shared.reaper_wake.notify_one();
         }
+        label
+    }
+
+    /// Opens the session in the store, and waits until the index has it;
+    /// returns its label.
+    async fn open_through(&self, store: &dyn Store, mut record: SessionRecord) -> Result<u64> {
+        let (lease, revision) = store.open(&record).await?;
+        record.lease = lease;
+        self.caught_up(revision).await?;
+        let state = self.lock();
+        state
+            .sessions
+            .open
+            .get(record.id.as_str())
+            .map(|s| s.label)
+            .ok_or(RegistryError::UnknownSession)
     }
 
     fn next_label(&self) -> u64 {
         self.shared.labels.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Waits until the index reflects `revision`, as a write through the
+    /// store must before it answers, so its writer reads what it wrote.
+    async fn caught_up(&self, revision: u64) -> Result<()> {
+        let mut applied = self.shared.applied.subscribe();
+        let wait = applied.wait_for(|at| *at >= revision);
+        match tokio::time::timeout(CATCH_UP, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(RegistryError::Unavailable(format!(
+                "the change was made, but this server's view of the store has not caught up within {}s; it will appear once it does",
+                CATCH_UP.as_secs()
+            ))),
+        }
+    }
+
     /// Registers the server itself in a session of its own, which never
-    /// expires and which no client can use, whatever id it sends.
-    pub fn register_server(&self, new: NewService) -> Result<Arc<Service>> {
-        let id = random_id();
-        let session = Session {
-            ttl: Duration::ZERO,
-            deadline: None,
+    /// expires while the server lives and which no client can use,
+    /// whatever id it sends. With a store, the session is the store's
+    /// lease, which this server keeps alive as long as it runs.
+    pub async fn register_server(&self, new: NewService) -> Result<Arc<Service>> {
+        let record = SessionRecord {
+            id: random_id(),
+            lease: 0,
+            ttl: SERVER_TTL,
             observed_host: new.host.clone(),
-            owner: "".into(),
-            label: self.next_label(),
-            services: Default::default(),
-            evictions: None,
+            owner: String::new(),
+            pinned: true,
+            closing: false,
+            evicted: Vec::new(),
         };
-        self.lock().sessions.insert(id.as_str().into(), session);
+        match &self.shared.store {
+            None => {
+                self.open_here(&record);
+            }
+            Some(store) => {
+                self.open_through(store.as_ref(), record.clone()).await?;
+                let lease = self.lease_of(&record.id)?;
+                tokio::spawn(keep_server_alive(self.clone(), store.clone(), lease));
+            }
+        }
         self.register_in(
             NewService {
-                session_id: id,
+                session_id: record.id,
                 ..new
             },
             &Actor::default(),
             Pinned::Allowed,
         )
+        .await
     }
 
-    /// Resumes a session that is still open, and pings it.
+    fn lease_of(&self, id: &str) -> Result<i64> {
+        let state = self.lock();
+        state
+            .sessions
+            .open
+            .get(id)
+            .map(|s| s.lease)
+            .ok_or(RegistryError::UnknownSession)
+    }
+
+    /// Resumes a session that is still open, and pings it. With a store,
+    /// this server now keeps its lease alive: the session may have been
+    /// held by another server that died.
     pub fn resume_session(&self, id: &str, actor: &Actor) -> Result<SessionInfo> {
         let mut state = self.lock();
         session_of(&state, id, actor, Pinned::Refused)?;
@@ -312,6 +431,9 @@ impl Registry {
             .sessions
             .ping(id, Instant::now())
             .ok_or(RegistryError::UnknownSession)?;
+        if let Some(store) = &self.shared.store {
+            store.keep_alive(session.lease);
+        }
         Ok(SessionInfo {
             id: id.to_string(),
             label: session.label,
@@ -325,10 +447,13 @@ impl Registry {
     /// freed of it since the last ping (almost always nothing).
     pub fn ping(&self, id: &str) -> Result<Vec<Eviction>> {
         let mut state = self.lock();
-        state
+        let session = state
             .sessions
             .ping(id, Instant::now())
             .ok_or(RegistryError::UnknownSession)?;
+        if let Some(store) = &self.shared.store {
+            store.keep_alive(session.lease);
+        }
         Ok(state
             .sessions
             .open
@@ -338,7 +463,26 @@ impl Registry {
     }
 
     /// Ends a session and frees its registrations; returns how many.
-    pub fn close_session(&self, id: &str) -> Result<usize> {
+    pub async fn close_session(&self, id: &str) -> Result<usize> {
+        let Some(store) = &self.shared.store else {
+            return self.close_here(id);
+        };
+        let (record, freed) = {
+            let state = self.lock();
+            let session = state
+                .sessions
+                .open
+                .get(id)
+                .filter(|s| !s.pinned())
+                .ok_or(RegistryError::UnknownSession)?;
+            (session.record(id), session.services.len())
+        };
+        let revision = store.close(&record).await?;
+        self.caught_up(revision).await?;
+        Ok(freed)
+    }
+
+    fn close_here(&self, id: &str) -> Result<usize> {
         let now = Instant::now();
         let mut state = self.lock();
         let session = state
@@ -354,14 +498,33 @@ impl Registry {
     }
 
     /// Adds a service; see the proto's `Register` for the rules.
-    pub fn register(&self, new: NewService, actor: &Actor) -> Result<Arc<Service>> {
-        self.register_in(new, actor, Pinned::Refused)
+    pub async fn register(&self, new: NewService, actor: &Actor) -> Result<Arc<Service>> {
+        self.register_in(new, actor, Pinned::Refused).await
     }
 
-    fn register_in(&self, new: NewService, actor: &Actor, pinned: Pinned) -> Result<Arc<Service>> {
-        let limits = &self.shared.limits;
-        // Every size is checked before work that grows with the input.
-        limits.check_metadata(new.metadata.iter().map(|(k, v)| (k, v)))?;
+    async fn register_in(
+        &self,
+        new: NewService,
+        actor: &Actor,
+        pinned: Pinned,
+    ) -> Result<Arc<Service>> {
+        let (role, port) = self.check_new(&new, actor, pinned)?;
+        match &self.shared.store {
+            None => self.register_here(new, role, port, actor, pinned),
+            Some(store) => {
+                self.register_through(store.as_ref(), new, role, port, actor, pinned)
+                    .await
+            }
+        }
+    }
+
+    /// The rules a registration must pass before any table is read: every
+    /// size before work that grows with the input, then the role, the
+    /// policy, the namespace and the port. Returns the role and the port.
+    fn check_new(&self, new: &NewService, actor: &Actor, pinned: Pinned) -> Result<(Role, u16)> {
+        self.shared
+            .limits
+            .check_metadata(new.metadata.iter().map(|(k, v)| (k, v)))?;
         if !new.host.is_empty() {
             check_host(&new.host)?;
         }
@@ -380,81 +543,62 @@ impl Registry {
                 });
             }
         }
-        let namespace = namespace_or_default(&new.namespace)?;
-        let metadata: Metadata = new.metadata.into_iter().collect();
+        namespace_or_default(&new.namespace)?;
         let port = u16::try_from(new.port).map_err(|_| {
             RegistryError::Invalid(format!(
                 "port {} is out of range; use 1-65535, or 0 to have one assigned",
                 new.port
             ))
         })?;
+        Ok((role, port))
+    }
 
+    /// Registers in the memory store: the whole change under one lock.
+    fn register_here(
+        &self,
+        new: NewService,
+        role: Role,
+        port: u16,
+        actor: &Actor,
+        pinned: Pinned,
+    ) -> Result<Arc<Service>> {
+        let metadata: Metadata = new.metadata.into_iter().collect();
         let now = Instant::now();
         // Made before the lock: the other core may be waiting for it. A
         // clash with a registered id (one in 2^128) makes another under it.
         let generated = new.id.is_empty().then(random_id);
         let mut state = self.lock();
         let state = &mut *state;
-        let (session_id, session) = session_of(state, &new.session_id, actor, pinned)?;
-        if session
-            .evictions
-            .as_ref()
-            .is_some_and(|e| e.contains(&new.id))
-        {
-            return Err(RegistryError::Evicted(new.id));
-        }
-        let session_id = session_id.clone();
-        let host = if new.host.is_empty() {
-            session.observed_host.clone()
-        } else {
-            new.host
+        let decided = decide(
+            state,
+            &self.shared.limits,
+            Asked {
+                session_id: &new.session_id,
+                id: &new.id,
+                host: new.host,
+                role: &role,
+                port,
+                namespace: &new.namespace,
+            },
+            actor,
+            pinned,
+        )?;
+        let (session_id, host, owner) = match decided {
+            Decided::Existing(existing) => return Ok(existing),
+            Decided::New {
+                session_id,
+                host,
+                owner,
+                ..
+            } => (session_id, host, owner),
         };
-        if host.is_empty() {
-            return Err(RegistryError::Invalid(
-                "the server could not see this client's address; give a host".into(),
-            ));
-        }
-
-        // An empty id asks for a new one: no need to look it up.
-        let existing = if new.id.is_empty() {
-            None
-        } else {
-            state.by_id.get(&new.id)
-        };
-        if let Some(existing) = existing {
-            if existing.session_id != session_id {
-                return Err(RegistryError::IdTaken(new.id));
-            }
-            let same = existing.name == role.name
-                && existing.version == role.version
-                && *existing.host == *host
-                && *existing.namespace == *namespace
-                && (port == 0 || existing.port == port);
-            if same {
-                return Ok(existing.clone());
-            }
-            return Err(RegistryError::IdConflict {
-                id: new.id,
-                existing: format!("{} at {}", existing.role(), existing.address()),
-            });
-        }
-        if session.services.len() >= limits.max_registrations_per_session {
-            return Err(RegistryError::TooManyRegistrations(
-                limits.max_registrations_per_session,
-            ));
-        }
-        let owner = session.owner.clone();
-
         let (host, port) = state.ports.reserve(&host, port, now)?;
         let id = match generated {
-            Some(first) => std::iter::once(first)
-                .chain(std::iter::repeat_with(random_id))
-                .find(|id| !state.by_id.contains(id))
-                .expect("ids are endless"),
+            Some(first) => unused_id(state, first),
             None => new.id,
         };
-
         let revision = state.revision + 1;
+        let namespace = namespace_unchecked(&new.namespace);
         let service = Arc::new(Service {
             id,
             name: role.name,
@@ -472,12 +616,105 @@ impl Registry {
             mod_revision: revision,
         });
         place(state, &service);
-        self.publish(state, ChangeKind::Registered, service.clone(), None);
+        self.publish(
+            state,
+            revision,
+            ChangeKind::Registered,
+            service.clone(),
+            None,
+        );
         Ok(service)
     }
 
+    /// Registers through the store: the rules decide under the lock, the
+    /// store makes the change under its preconditions, and the answer is
+    /// the registration as the index applied it. An assigned port that
+    /// another server gave away meanwhile is chosen again.
+    async fn register_through(
+        &self,
+        store: &dyn Store,
+        new: NewService,
+        role: Role,
+        port: u16,
+        actor: &Actor,
+        pinned: Pinned,
+    ) -> Result<Arc<Service>> {
+        let metadata: Metadata = new.metadata.into_iter().collect();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (write, id) = {
+                let mut state = self.lock();
+                let state = &mut *state;
+                let decided = decide(
+                    state,
+                    &self.shared.limits,
+                    Asked {
+                        session_id: &new.session_id,
+                        id: &new.id,
+                        host: new.host.clone(),
+                        role: &role,
+                        port,
+                        namespace: &new.namespace,
+                    },
+                    actor,
+                    pinned,
+                )?;
+                let Decided::New {
+                    session_id,
+                    host,
+                    owner,
+                    lease,
+                } = decided
+                else {
+                    let Decided::Existing(existing) = decided else {
+                        unreachable!("two kinds")
+                    };
+                    return Ok(existing);
+                };
+                let chosen = state.ports.choose(&host, port, Instant::now())?;
+                let id = if new.id.is_empty() {
+                    unused_id(state, random_id())
+                } else {
+                    new.id.clone()
+                };
+                let service = Arc::new(Service {
+                    id: id.clone(),
+                    name: role.name.clone(),
+                    version: role.version.clone(),
+                    host: host.into(),
+                    port: chosen,
+                    metadata: metadata.clone(),
+                    namespace: namespace_unchecked(&new.namespace).into(),
+                    owner,
+                    session_id,
+                    create_revision: 0,
+                    mod_revision: 0,
+                });
+                (Write::Register { service, lease }, id)
+            };
+            match store.commit(write).await {
+                Ok(revision) => {
+                    self.caught_up(revision).await?;
+                    let state = self.lock();
+                    return state
+                        .by_id
+                        .get(&id)
+                        .cloned()
+                        .ok_or(RegistryError::UnknownSession);
+                }
+                // Another server gave the port away since this one last
+                // heard: choose again, from a view that now has it.
+                Err(RegistryError::PortTaken { .. }) if port == 0 && tries < PORT_TRIES => {
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Changes a registration's metadata; only its owner may.
-    pub fn update(
+    pub async fn update(
         &self,
         session_id: &str,
         id: &str,
@@ -493,38 +730,54 @@ impl Registry {
                 limits.max_metadata_entries
             )));
         }
-        let set: Metadata = change.set.into_iter().collect();
-        let mut state = self.lock();
-        let state = &mut *state;
-        let (previous, _) = authorize(state, session_id, id, actor, || false)?;
-        let previous = previous.clone();
-        let mut metadata = if change.merge {
-            previous.metadata.clone()
-        } else {
-            Metadata::new()
+        let Some(store) = &self.shared.store else {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let (previous, metadata) = updated(state, limits, session_id, id, change, actor)?;
+            let revision = state.revision + 1;
+            let service = Arc::new(Service {
+                metadata,
+                mod_revision: revision,
+                ..(*previous).clone()
+            });
+            place(state, &service);
+            self.publish(
+                state,
+                revision,
+                ChangeKind::Updated,
+                service.clone(),
+                Some(previous),
+            );
+            return Ok(service);
         };
-        if change.merge {
-            for key in &change.remove {
-                metadata.remove(key);
+        let write = {
+            let state = self.lock();
+            let (previous, metadata) = updated(&state, limits, session_id, id, change, actor)?;
+            Write::Update {
+                lease: state
+                    .sessions
+                    .open
+                    .get(&*previous.session_id)
+                    .map_or(0, |s| s.lease),
+                previous_revision: previous.mod_revision,
+                service: Arc::new(Service {
+                    metadata,
+                    ..(*previous).clone()
+                }),
             }
-        }
-        metadata.extend(set);
-        limits.check_metadata(metadata.iter())?;
-        let service = Arc::new(Service {
-            metadata,
-            mod_revision: state.revision + 1,
-            ..(*previous).clone()
-        });
-        place(state, &service);
-        self.publish(state, ChangeKind::Updated, service.clone(), Some(previous));
-        Ok(service)
+        };
+        let revision = store.commit(write).await?;
+        self.caught_up(revision).await?;
+        let state = self.lock();
+        state
+            .by_id
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RegistryError::UnknownService(id.to_string()))
     }
 
     /// Frees a registration; only its owner, or an admin, may.
-    pub fn free(&self, session_id: &str, id: &str, actor: &Actor) -> Result<Arc<Service>> {
-        // Read before the lock, as Register's is: the other core may be
-        // waiting for it.
-        let now = Instant::now();
+    pub async fn free(&self, session_id: &str, id: &str, actor: &Actor) -> Result<Arc<Service>> {
         // The policy is read only for a caller who is not the owner: both
         // cores would otherwise write its lock word on every free.
         let admin = || {
@@ -534,6 +787,46 @@ impl Registry {
                 .unwrap_or_else(|e| e.into_inner())
                 .is_admin(&actor.identity)
         };
+        let Some(store) = &self.shared.store else {
+            return self.free_here(session_id, id, actor, admin);
+        };
+        let (service, evicted) = {
+            let state = self.lock();
+            let (service, by_owner) = authorize(&state, session_id, id, actor, admin)?;
+            let evicted = match (by_owner, state.sessions.open.get(&*service.session_id)) {
+                (false, Some(holder)) => {
+                    tracing::info!(id, admin = %actor.identity, session = holder.label, "freed by an admin");
+                    let mut record = holder.record(&service.session_id);
+                    record.evicted.push(Eviction {
+                        id: id.to_string(),
+                        by: actor.identity.clone(),
+                    });
+                    Some(record)
+                }
+                _ => None,
+            };
+            (service.clone(), evicted)
+        };
+        let revision = store
+            .commit(Write::Free {
+                service: service.clone(),
+                evicted,
+            })
+            .await?;
+        self.caught_up(revision).await?;
+        Ok(service)
+    }
+
+    fn free_here(
+        &self,
+        session_id: &str,
+        id: &str,
+        actor: &Actor,
+        admin: impl FnOnce() -> bool,
+    ) -> Result<Arc<Service>> {
+        // Read before the lock, as Register's is: the other core may be
+        // waiting for it.
+        let now = Instant::now();
         let mut state = self.lock();
         let (service, by_owner) = authorize(&state, session_id, id, actor, admin)?;
         let service = service.clone();
@@ -564,6 +857,11 @@ impl Registry {
         I: IntoIterator<Item = (String, String)>,
         I::IntoIter: ExactSizeIterator,
     {
+        if *self.shared.health.borrow() == StoreHealth::Syncing {
+            return Err(RegistryError::Unavailable(
+                "this server is still loading the registry from its store; retry in a moment, or ask another server".into(),
+            ));
+        }
         let metadata = metadata.into_iter();
         if metadata.len() > self.shared.limits.max_metadata_entries {
             return Err(RegistryError::Invalid(format!(
@@ -617,12 +915,7 @@ impl Registry {
     /// still in the history, the changes after it.
     pub fn watch(&self, selector: Selector, since: u64) -> Watch {
         let state = self.lock();
-        let replayable = since > 0
-            && since <= state.revision
-            && state
-                .history
-                .front()
-                .map_or(since == state.revision, |c| c.revision <= since + 1);
+        let replayable = since > 0 && since <= state.revision && since >= state.history_floor;
         if replayable {
             let feed = self.shared.feed.subscribe();
             let mut pending: VecDeque<WatchEvent> = state
@@ -671,23 +964,45 @@ impl Registry {
         now: Instant,
         reason: FreeReason,
     ) -> Option<Arc<Service>> {
+        let revision = state.revision + 1;
+        self.remove_at(state, revision, id, now, reason)
+    }
+
+    /// Removes a service from every table and publishes its free at
+    /// `revision`.
+    fn remove_at(
+        &self,
+        state: &mut State,
+        revision: u64,
+        id: &str,
+        now: Instant,
+        reason: FreeReason,
+    ) -> Option<Arc<Service>> {
         let service = state.by_id.remove(id)?;
         state.index.remove(&service);
         state.ports.release(&service.host, service.port, now);
-        self.publish(state, ChangeKind::Freed(reason), service.clone(), None);
+        self.publish(
+            state,
+            revision,
+            ChangeKind::Freed(reason),
+            service.clone(),
+            None,
+        );
         Some(service)
     }
 
+    /// Publishes a change made at `revision`, the state's revision from now.
     fn publish(
         &self,
         state: &mut State,
+        revision: u64,
         kind: ChangeKind,
         service: Arc<Service>,
         previous: Option<Arc<Service>>,
     ) {
-        state.revision += 1;
+        state.revision = revision;
         let change = Change {
-            revision: state.revision,
+            revision,
             kind,
             service,
             previous,
@@ -697,11 +1012,16 @@ impl Registry {
         if self.shared.feed.receiver_count() > 0 {
             let _ = self.shared.feed.send(Arc::new(change.clone()));
         }
-        if state.history.len() >= self.shared.limits.history {
-            state.evicted.extend(state.history.pop_front());
+        if state.history.len() >= self.shared.limits.history
+            && let Some(oldest) = state.history.pop_front()
+        {
+            state.history_floor = oldest.revision;
+            state.evicted.push(oldest);
         }
         if self.shared.limits.history > 0 {
             state.history.push_back(change);
+        } else {
+            state.history_floor = revision;
         }
     }
 
@@ -748,7 +1068,7 @@ fn session_of<'a>(
         .open
         .get_key_value(id)
         .ok_or(RegistryError::UnknownSession)?;
-    if session.deadline.is_none() && pinned == Pinned::Refused {
+    if session.pinned() && pinned == Pinned::Refused {
         return Err(RegistryError::UnknownSession);
     }
     if *session.owner != *actor.identity {
@@ -795,6 +1115,166 @@ fn authorize<'a>(
         id: id.to_string(),
         owner: service.owner.to_string(),
     })
+}
+
+/// What a registration asks for, as the rules read it under the lock.
+struct Asked<'a> {
+    session_id: &'a str,
+    id: &'a str,
+    /// Empty: the session's observed address.
+    host: String,
+    role: &'a Role,
+    port: u16,
+    namespace: &'a str,
+}
+
+/// What the rules decided of a registration.
+enum Decided {
+    /// The session holds this very registration already: a re-assert.
+    Existing(Arc<Service>),
+    /// A new registration, to be made.
+    New {
+        /// The session's id as the table holds it, for services to share.
+        session_id: Arc<str>,
+        host: String,
+        owner: Arc<str>,
+        /// The session's lease in the store (0 in memory).
+        lease: i64,
+    },
+}
+
+/// The rules of a registration that read the tables: the session and its
+/// owner, what admins freed of it, the host, an id already held, and the
+/// session's count.
+fn decide(
+    state: &State,
+    limits: &Limits,
+    asked: Asked<'_>,
+    actor: &Actor,
+    pinned: Pinned,
+) -> Result<Decided> {
+    let (session_id, session) = session_of(state, asked.session_id, actor, pinned)?;
+    if session
+        .evictions
+        .as_ref()
+        .is_some_and(|e| e.contains(asked.id))
+    {
+        return Err(RegistryError::Evicted(asked.id.to_string()));
+    }
+    let host = if asked.host.is_empty() {
+        session.observed_host.clone()
+    } else {
+        asked.host
+    };
+    if host.is_empty() {
+        return Err(RegistryError::Invalid(
+            "the server could not see this client's address; give a host".into(),
+        ));
+    }
+    // An empty id asks for a new one: no need to look it up.
+    let existing = if asked.id.is_empty() {
+        None
+    } else {
+        state.by_id.get(asked.id)
+    };
+    if let Some(existing) = existing {
+        if existing.session_id != *session_id {
+            return Err(RegistryError::IdTaken(asked.id.to_string()));
+        }
+        let same = existing.name == asked.role.name
+            && existing.version == asked.role.version
+            && *existing.host == *host
+            && *existing.namespace == *namespace_unchecked(asked.namespace)
+            && (asked.port == 0 || existing.port == asked.port);
+        if same {
+            return Ok(Decided::Existing(existing.clone()));
+        }
+        return Err(RegistryError::IdConflict {
+            id: asked.id.to_string(),
+            existing: format!("{} at {}", existing.role(), existing.address()),
+        });
+    }
+    if session.services.len() >= limits.max_registrations_per_session {
+        return Err(RegistryError::TooManyRegistrations(
+            limits.max_registrations_per_session,
+        ));
+    }
+    Ok(Decided::New {
+        session_id: session_id.clone(),
+        host,
+        owner: session.owner.clone(),
+        lease: session.lease,
+    })
+}
+
+/// A registration and the metadata `change` gives it, if `actor` may
+/// change it through `session_id`.
+fn updated(
+    state: &State,
+    limits: &Limits,
+    session_id: &str,
+    id: &str,
+    change: MetadataChange,
+    actor: &Actor,
+) -> Result<(Arc<Service>, Metadata)> {
+    let set: Metadata = change.set.into_iter().collect();
+    let (previous, _) = authorize(state, session_id, id, actor, || false)?;
+    let mut metadata = if change.merge {
+        previous.metadata.clone()
+    } else {
+        Metadata::new()
+    };
+    if change.merge {
+        for key in &change.remove {
+            metadata.remove(key);
+        }
+    }
+    metadata.extend(set);
+    limits.check_metadata(metadata.iter())?;
+    Ok((previous.clone(), metadata))
+}
+
+/// `first`, or another random id if a registration holds it (one chance
+/// in 2^128).
+fn unused_id(state: &State, first: String) -> String {
+    std::iter::once(first)
+        .chain(std::iter::repeat_with(random_id))
+        .find(|id| !state.by_id.contains(id))
+        .expect("ids are endless")
+}
+
+/// How long a write through a store waits for the index to apply it.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// Times an assigned port is chosen again when another server took it.
+const PORT_TRIES: usize = 8;
+
+/// The ttl of a server's own lease in a store: when the server dies, its
+/// `seaport@` registration goes this long after.
+const SERVER_TTL: Duration = Duration::from_secs(10);
+
+/// Keeps the server's own lease alive while the registry lives.
+async fn keep_server_alive(registry: Registry, store: Arc<dyn Store>, lease: i64) {
+    let weak = Arc::downgrade(&registry.shared);
+    drop(registry);
+    let mut tick = tokio::time::interval(SERVER_TTL / 4);
+    loop {
+        tick.tick().await;
+        if weak.strong_count() == 0 {
+            return;
+        }
+        store.keep_alive(lease);
+    }
+}
+
+/// The namespace of a request already checked: the given one or the
+/// default.
+fn namespace_unchecked(namespace: &str) -> &str {
+    if namespace.is_empty() {
+        DEFAULT_NAMESPACE
+    } else {
+        namespace
+    }
 }
 
 /// The namespace to use: the given one, checked, or the default.

@@ -123,29 +123,8 @@ impl Ports {
         port: u16,
         now: Instant,
     ) -> Result<(Arc<str>, u16)> {
-        self.expire_quarantine(now);
-        let known = self.hosts.get_key_value(host);
-        let ports = known.map(|(_, h)| h);
-        let port = if port == 0 {
-            self.pick(ports)
-                .ok_or_else(|| RegistryError::PortsExhausted {
-                    host: host.to_string(),
-                    first: *self.range.start(),
-                    last: *self.range.end(),
-                })?
-        } else {
-            let holder = ports.and_then(|h| h.ports.get(&port)?.holder.as_ref());
-            if let Some(holder) = holder {
-                return Err(RegistryError::PortTaken {
-                    holder_role: holder.role(),
-                    holder_id: holder.id.clone(),
-                    host: host.to_string(),
-                    port,
-                });
-            }
-            port
-        };
-        let name = match known {
+        let port = self.choose(host, port, now)?;
+        let name = match self.hosts.get_key_value(host) {
             Some((name, _)) => name.clone(),
             None => {
                 let name: Arc<str> = host.into();
@@ -154,6 +133,33 @@ impl Ports {
             }
         };
         Ok((name, port))
+    }
+
+    /// The port [`Ports::reserve`] would give, leaving the table as it is:
+    /// through a store, the port is held when the store's feed brings the
+    /// registration back.
+    pub(crate) fn choose(&mut self, host: &str, port: u16, now: Instant) -> Result<u16> {
+        self.expire_quarantine(now);
+        let ports = self.hosts.get(host);
+        if port == 0 {
+            return self
+                .pick(ports)
+                .ok_or_else(|| RegistryError::PortsExhausted {
+                    host: host.to_string(),
+                    first: *self.range.start(),
+                    last: *self.range.end(),
+                });
+        }
+        let holder = ports.and_then(|h| h.ports.get(&port)?.holder.as_ref());
+        if let Some(holder) = holder {
+            return Err(RegistryError::PortTaken {
+                holder_role: holder.role(),
+                holder_id: holder.id.clone(),
+                host: host.to_string(),
+                port,
+            });
+        }
+        Ok(port)
     }
 
     /// A random port of the range that is free on `host` (`None`: a host

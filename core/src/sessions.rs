@@ -9,6 +9,7 @@ use hashbrown::HashMap;
 use tokio::time::Instant;
 
 use super::by_id::ServicesById;
+use super::store::SessionRecord;
 
 /// One client's lease.
 #[derive(Debug)]
@@ -27,6 +28,57 @@ pub(crate) struct Session {
     /// so that the session's hot fields stay in as few cache lines as
     /// before.
     pub(crate) evictions: Option<Box<Evictions>>,
+    /// Its lease in the store (0 in memory).
+    pub(crate) lease: i64,
+    /// Marked closed in the store, its lease about to be revoked.
+    pub(crate) closing: bool,
+}
+
+impl Session {
+    /// A session as `record` describes it, named `label` in logs, due to
+    /// expire a ttl from now unless it is a server's own.
+    pub(crate) fn of(record: &SessionRecord, label: u64) -> Session {
+        let evictions = (!record.evicted.is_empty()).then(|| {
+            let mut evictions = Box::<Evictions>::default();
+            for eviction in &record.evicted {
+                evictions.record(eviction.clone());
+            }
+            evictions
+        });
+        Session {
+            ttl: record.ttl,
+            deadline: (!record.pinned).then(|| Instant::now() + record.ttl),
+            observed_host: record.observed_host.clone(),
+            owner: record.owner.as_str().into(),
+            label,
+            services: Default::default(),
+            evictions,
+            lease: record.lease,
+            closing: record.closing,
+        }
+    }
+
+    /// The session as a store records it.
+    pub(crate) fn record(&self, id: &str) -> SessionRecord {
+        SessionRecord {
+            id: id.to_string(),
+            lease: self.lease,
+            ttl: self.ttl,
+            observed_host: self.observed_host.clone(),
+            owner: self.owner.to_string(),
+            pinned: self.pinned(),
+            closing: self.closing,
+            evicted: self
+                .evictions
+                .as_ref()
+                .map_or_else(Vec::new, |e| e.recorded()),
+        }
+    }
+
+    /// A server's own session, which no client may use.
+    pub(crate) fn pinned(&self) -> bool {
+        self.deadline.is_none()
+    }
 }
 
 /// An admin's free of one of a session's registrations, as its holder
@@ -39,12 +91,13 @@ pub struct Eviction {
     pub by: String,
 }
 
-/// Ids of a session an admin freed, so the session cannot register them
-/// again, and the notices its holder has yet to hear, with its next pong.
+/// What admins freed of a session, so the session cannot register those
+/// ids again, and the notices its holder has yet to hear, with its next
+/// pong.
 #[derive(Debug, Default)]
 pub(crate) struct Evictions {
-    /// Freed ids, newest last; at most [`EVICTIONS_KEPT`].
-    ids: Vec<String>,
+    /// Frees, newest last; at most [`EVICTIONS_KEPT`].
+    ids: Vec<Eviction>,
     /// Notices not yet handed to the holder's Heartbeat stream.
     undelivered: Vec<Eviction>,
 }
@@ -59,7 +112,7 @@ impl Evictions {
         if self.ids.len() >= EVICTIONS_KEPT {
             self.ids.remove(0);
         }
-        self.ids.push(eviction.id.clone());
+        self.ids.push(eviction.clone());
         if self.undelivered.len() < EVICTIONS_KEPT {
             self.undelivered.push(eviction);
         }
@@ -67,7 +120,17 @@ impl Evictions {
 
     /// True when an admin freed `id` in this session.
     pub(crate) fn contains(&self, id: &str) -> bool {
-        self.ids.iter().any(|e| e == id)
+        self.ids.iter().any(|e| e.id == id)
+    }
+
+    /// Every free recorded, oldest first.
+    pub(crate) fn recorded(&self) -> Vec<Eviction> {
+        self.ids.clone()
+    }
+
+    /// How many frees are recorded.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
     }
 
     /// The notices not yet handed over, handed over.
@@ -145,6 +208,8 @@ mod tests {
             label: 0,
             services: Default::default(),
             evictions: None,
+            lease: 0,
+            closing: false,
         }
     }
 

@@ -16,7 +16,7 @@ fn selector(pattern: &str) -> Selector {
     }
 }
 
-fn register(registry: &Registry, session: &str, role: &str) -> Arc<Service> {
+async fn register(registry: &Registry, session: &str, role: &str) -> Arc<Service> {
     registry
         .register(
             NewService {
@@ -26,18 +26,22 @@ fn register(registry: &Registry, session: &str, role: &str) -> Arc<Service> {
             },
             &Actor::default(),
         )
+        .await
         .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_session_expires_after_its_ttl_without_pings() {
     let (registry, _guard) = Registry::new(Limits::default());
-    let s = registry.open_session(
-        Some(Duration::from_secs(2)),
-        "10.0.0.1".into(),
-        String::new(),
-    );
-    register(&registry, &s.id, "web@1.0.0");
+    let s = registry
+        .open_session(
+            Some(Duration::from_secs(2)),
+            "10.0.0.1".into(),
+            String::new(),
+        )
+        .await
+        .unwrap();
+    register(&registry, &s.id, "web@1.0.0").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     registry.ping(&s.id).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -60,15 +64,24 @@ async fn a_session_expires_after_its_ttl_without_pings() {
 #[tokio::test(start_paused = true)]
 async fn ttl_is_clamped_to_the_bounds() {
     let (registry, _guard) = Registry::new(Limits::default());
-    let s = registry.open_session(Some(Duration::from_millis(1)), String::new(), String::new());
+    let s = registry
+        .open_session(Some(Duration::from_millis(1)), String::new(), String::new())
+        .await
+        .unwrap();
     assert_eq!(s.ttl, Duration::from_secs(1));
-    let s = registry.open_session(
-        Some(Duration::from_secs(1 << 20)),
-        String::new(),
-        String::new(),
-    );
+    let s = registry
+        .open_session(
+            Some(Duration::from_secs(1 << 20)),
+            String::new(),
+            String::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!(s.ttl, Duration::from_secs(3600));
-    let s = registry.open_session(None, String::new(), String::new());
+    let s = registry
+        .open_session(None, String::new(), String::new())
+        .await
+        .unwrap();
     assert_eq!(s.ttl, Duration::from_secs(30), "the default");
 }
 
@@ -79,11 +92,14 @@ async fn a_watcher_that_falls_behind_is_reset_with_a_fresh_snapshot() {
         ..Limits::default()
     };
     let (registry, _guard) = Registry::new(limits);
-    let s = registry.open_session(None, "h".into(), String::new());
+    let s = registry
+        .open_session(None, "h".into(), String::new())
+        .await
+        .unwrap();
     let mut watch = registry.watch(selector("web"), 0);
     assert_eq!(watch.next().await.unwrap().kind, EventKind::Synced);
     for _ in 0..10 {
-        register(&registry, &s.id, "web@1.0.0");
+        register(&registry, &s.id, "web@1.0.0").await;
     }
     let reset = watch.next().await.unwrap();
     assert_eq!(reset.kind, EventKind::Reset);
@@ -119,8 +135,11 @@ async fn a_cancelled_get_leaves_nothing_behind() {
 #[tokio::test]
 async fn get_wakes_when_an_update_brings_a_service_into_its_set() {
     let (registry, _guard) = Registry::new(Limits::default());
-    let s = registry.open_session(None, "h".into(), String::new());
-    let web = register(&registry, &s.id, "web@1.0.0");
+    let s = registry
+        .open_session(None, "h".into(), String::new())
+        .await
+        .unwrap();
+    let web = register(&registry, &s.id, "web@1.0.0").await;
     let mut wanted = selector("web");
     wanted.metadata.insert("ready".into(), "yes".into());
     let waiter = registry.clone();
@@ -134,6 +153,7 @@ async fn get_wakes_when_an_update_brings_a_service_into_its_set() {
     };
     registry
         .update(&s.id, &web.id, change, &Actor::default())
+        .await
         .unwrap();
     let (found, _) = get.await.unwrap();
     assert_eq!(found[0].id, web.id);
@@ -142,14 +162,18 @@ async fn get_wakes_when_an_update_brings_a_service_into_its_set() {
 #[tokio::test]
 async fn every_table_holds_the_updated_record_and_a_close_empties_them() {
     let (registry, _guard) = Registry::new(Limits::default());
-    let s = registry.open_session(None, "h".into(), String::new());
-    let web = register(&registry, &s.id, "web@1.0.0");
+    let s = registry
+        .open_session(None, "h".into(), String::new())
+        .await
+        .unwrap();
+    let web = register(&registry, &s.id, "web@1.0.0").await;
     let change = MetadataChange {
         set: [("ready".to_string(), "yes".to_string())].into(),
         ..Default::default()
     };
     let updated = registry
         .update(&s.id, &web.id, change, &Actor::default())
+        .await
         .unwrap();
     {
         let state = registry.lock();
@@ -161,7 +185,7 @@ async fn every_table_holds_the_updated_record_and_a_close_empties_them() {
         assert!(Arc::ptr_eq(held, &updated), "the port's holder is current");
         assert!(Arc::ptr_eq(in_session, &updated), "the session's is too");
     }
-    assert_eq!(registry.close_session(&s.id).unwrap(), 1);
+    assert_eq!(registry.close_session(&s.id).await.unwrap(), 1);
     let state = registry.lock();
     assert!(state.by_id.get(&web.id).is_none());
     assert!(state.ports.holder("h", web.port).is_none());
@@ -204,6 +228,7 @@ async fn no_client_can_use_the_servers_own_session() {
             port: 9090,
             ..Default::default()
         })
+        .await
         .unwrap();
     let pinned = own.session_id.to_string();
     let anyone = Actor::default();
@@ -214,15 +239,17 @@ async fn no_client_can_use_the_servers_own_session() {
         ..Default::default()
     };
     assert!(matches!(
-        registry.register(new, &anyone),
+        registry.register(new, &anyone).await,
         Err(RegistryError::UnknownSession)
     ));
     assert!(matches!(
-        registry.free(&pinned, &own.id, &anyone),
+        registry.free(&pinned, &own.id, &anyone).await,
         Err(RegistryError::UnknownSession)
     ));
     assert!(matches!(
-        registry.update(&pinned, &own.id, MetadataChange::default(), &anyone),
+        registry
+            .update(&pinned, &own.id, MetadataChange::default(), &anyone)
+            .await,
         Err(RegistryError::UnknownSession)
     ));
     assert!(matches!(
@@ -258,23 +285,34 @@ async fn frees_say_why_and_an_admins_is_final() {
     let ops = Actor {
         identity: "ops".into(),
     };
-    let s = registry.open_session(Some(Duration::from_secs(2)), "h".into(), "alice".into());
-    let register_as = |id: &str| {
-        registry.register(
-            NewService {
-                session_id: s.id.clone(),
-                role: "web".into(),
-                id: id.into(),
-                ..Default::default()
-            },
-            &alice,
-        )
+    let s = registry
+        .open_session(Some(Duration::from_secs(2)), "h".into(), "alice".into())
+        .await
+        .unwrap();
+    let register_as = async |id: &str| {
+        registry
+            .register(
+                NewService {
+                    session_id: s.id.clone(),
+                    role: "web".into(),
+                    id: id.into(),
+                    ..Default::default()
+                },
+                &alice,
+            )
+            .await
     };
-    register_as("mine").unwrap();
-    register_as("evicted").unwrap();
-    registry.free(&s.id, "mine", &alice).unwrap();
-    let admin_session = registry.open_session(None, "h".into(), "ops".into());
-    registry.free(&admin_session.id, "evicted", &ops).unwrap();
+    register_as("mine").await.unwrap();
+    register_as("evicted").await.unwrap();
+    registry.free(&s.id, "mine", &alice).await.unwrap();
+    let admin_session = registry
+        .open_session(None, "h".into(), "ops".into())
+        .await
+        .unwrap();
+    registry
+        .free(&admin_session.id, "evicted", &ops)
+        .await
+        .unwrap();
     assert_eq!(
         registry.ping(&s.id).unwrap(),
         [Eviction {
@@ -285,12 +323,15 @@ async fn frees_say_why_and_an_admins_is_final() {
     );
     assert!(registry.ping(&s.id).unwrap().is_empty(), "once");
     assert!(
-        matches!(register_as("evicted"), Err(RegistryError::Evicted(id)) if id == "evicted"),
+        matches!(register_as("evicted").await, Err(RegistryError::Evicted(id)) if id == "evicted"),
         "the session cannot register it again"
     );
-    register_as("expiring").unwrap();
+    register_as("expiring").await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let closing = registry.open_session(None, "h".into(), "alice".into());
+    let closing = registry
+        .open_session(None, "h".into(), "alice".into())
+        .await
+        .unwrap();
     registry
         .register(
             NewService {
@@ -300,8 +341,9 @@ async fn frees_say_why_and_an_admins_is_final() {
             },
             &alice,
         )
+        .await
         .unwrap();
-    registry.close_session(&closing.id).unwrap();
+    registry.close_session(&closing.id).await.unwrap();
     assert_eq!(
         free_reasons(&mut watch, 4).await,
         [
@@ -321,14 +363,17 @@ async fn the_policy_decides_who_registers_what() {
     let web1 = Actor {
         identity: "web-1".into(),
     };
-    let s = registry.open_session(None, "h".into(), "web-1".into());
+    let s = registry
+        .open_session(None, "h".into(), "web-1".into())
+        .await
+        .unwrap();
     let new = |role: &str| NewService {
         session_id: s.id.clone(),
         role: role.into(),
         ..Default::default()
     };
-    registry.register(new("web@1.0.0"), &web1).unwrap();
-    let refused = registry.register(new("db@1.0.0"), &web1).unwrap_err();
+    registry.register(new("web@1.0.0"), &web1).await.unwrap();
+    let refused = registry.register(new("db@1.0.0"), &web1).await.unwrap_err();
     assert_eq!(
         refused.to_string(),
         "identity \"web-1\" may not register \"db\"; the server's --policy allows it other names only"

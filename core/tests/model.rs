@@ -38,6 +38,15 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 
 const FIRST_PORT: u16 = 20000;
+
+/// The answer of a registry call on the memory store, which never waits.
+trait Now: Future + Sized {
+    fn now(self) -> Self::Output {
+        seaport_core::at_once(self)
+    }
+}
+
+impl<F: Future> Now for F {}
 const LAST_PORT: u16 = 20003;
 /// How long a freed port is not assigned again, in milliseconds.
 const QUARANTINE_MS: u64 = 2250;
@@ -278,7 +287,9 @@ fn refusal(e: &RegistryError) -> Refusal {
         RegistryError::NotAllowed { .. }
         | RegistryError::NoCertificate { .. }
         | RegistryError::NothingMatched { .. }
-        | RegistryError::TooManyWatchers(_) => Refusal::Unexpected,
+        | RegistryError::TooManyWatchers(_)
+        | RegistryError::Unavailable(_)
+        | RegistryError::Changed(_) => Refusal::Unexpected,
     }
 }
 
@@ -711,20 +722,23 @@ impl Run {
 
     fn register(&mut self, r: Registration) {
         let want = self.model.register(&r);
-        let got = self.registry.register(
-            NewService {
-                session_id: r.session.clone(),
-                role: r.role.clone(),
-                namespace: r.namespace.clone(),
-                host: r.host.clone().unwrap_or_default(),
-                port: r.port,
-                id: r.id.clone().unwrap_or_default(),
-                metadata: r.metadata.to_vec(),
-            },
-            &Actor {
-                identity: r.identity.clone(),
-            },
-        );
+        let got = self
+            .registry
+            .register(
+                NewService {
+                    session_id: r.session.clone(),
+                    role: r.role.clone(),
+                    namespace: r.namespace.clone(),
+                    host: r.host.clone().unwrap_or_default(),
+                    port: r.port,
+                    id: r.id.clone().unwrap_or_default(),
+                    metadata: r.metadata.to_vec(),
+                },
+                &Actor {
+                    identity: r.identity.clone(),
+                },
+            )
+            .now();
         match (want, got) {
             (Err(want), got) => {
                 assert_eq!(got.map_err(|e| refusal(&e)).err(), Some(want), "{r:?}");
@@ -780,11 +794,14 @@ impl Run {
                 identity,
             } => {
                 let asked = TTLS[*ttl];
-                let info = registry.open_session(
-                    asked.map(Duration::from_millis),
-                    OBSERVED[*observed].into(),
-                    IDENTITIES[*identity].into(),
-                );
+                let info = registry
+                    .open_session(
+                        asked.map(Duration::from_millis),
+                        OBSERVED[*observed].into(),
+                        IDENTITIES[*identity].into(),
+                    )
+                    .now()
+                    .unwrap();
                 let ttl = asked.unwrap_or(DEFAULT_TTL_MS);
                 assert_eq!(info.ttl, Duration::from_millis(ttl));
                 assert!(!info.resumed);
@@ -823,7 +840,7 @@ impl Run {
             }
             Op::Close { session } => {
                 let id = self.session(session, None);
-                let got = registry.close_session(&id).map_err(|e| refusal(&e));
+                let got = registry.close_session(&id).now().map_err(|e| refusal(&e));
                 let want = if self.model.sessions.contains_key(&id) {
                     Ok(self.model.end_session(&id, self.model.now))
                 } else {
@@ -927,16 +944,18 @@ impl Run {
                     .map(|&(k, v)| (KEYS[k].to_string(), VALUES[v].to_string()))
                     .collect();
                 let remove: Vec<String> = remove.iter().map(|&k| KEYS[k].to_string()).collect();
-                let got = registry.update(
-                    &session,
-                    &id,
-                    MetadataChange {
-                        set: set.to_vec(),
-                        merge: *merge,
-                        remove: remove.clone(),
-                    },
-                    &actor,
-                );
+                let got = registry
+                    .update(
+                        &session,
+                        &id,
+                        MetadataChange {
+                            set: set.to_vec(),
+                            merge: *merge,
+                            remove: remove.clone(),
+                        },
+                        &actor,
+                    )
+                    .now();
                 // The pairs sent are checked before the session and the
                 // registration are looked up.
                 let sent_empty_key = set.iter().any(|(k, _)| k.is_empty());
@@ -985,7 +1004,7 @@ impl Run {
                 let id = self.target(target);
                 let session = self.session(session, Some(&id));
                 let actor = self.actor(&session, actor);
-                let got = registry.free(&session, &id, &actor);
+                let got = registry.free(&session, &id, &actor).now();
                 match (self.model.authorize(&session, &id, &actor, true), got) {
                     (Err(want), got) => {
                         assert_eq!(got.map_err(|e| refusal(&e)).err(), Some(want), "{op:?}");

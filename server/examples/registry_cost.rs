@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use seaport_server::registry::{Actor, Limits, NewService, Registry};
+use seaport_server::registry::{Actor, Limits, NewService, Registry, at_once};
 
 /// Pairs timed in cache, and on two threads.
 const PAIRS: usize = 1_000_000;
@@ -49,13 +49,11 @@ fn pair(
         ..Default::default()
     };
     let t = Instant::now();
-    let service = registry.register(new, &actor).expect("register");
+    let service = at_once(registry.register(new, &actor)).expect("register");
     let registering = t.elapsed();
     between();
     let t = Instant::now();
-    registry
-        .free(&sessions[w], &service.id, &actor)
-        .expect("free");
+    at_once(registry.free(&sessions[w], &service.id, &actor)).expect("free");
     let freeing = t.elapsed();
     between();
     registering + freeing
@@ -102,7 +100,7 @@ fn grow(registry: &Registry, session: &str, from: usize, to: usize) -> f64 {
             host: format!("h{}", i / 50_000),
             ..Default::default()
         };
-        registry.register(new, &actor).expect("register");
+        at_once(registry.register(new, &actor)).expect("register");
     }
     t.elapsed().as_nanos() as f64 / (to - from) as f64
 }
@@ -135,8 +133,8 @@ async fn main() {
         let (registry, _reaper) = Registry::new(limits());
         let sessions: Vec<String> = (0..n)
             .map(|i| {
-                registry
-                    .open_session(Some(TTL), format!("h{i}"), String::new())
+                at_once(registry.open_session(Some(TTL), format!("h{i}"), String::new()))
+                    .unwrap()
                     .id
             })
             .collect();
@@ -173,8 +171,8 @@ async fn main() {
     }
 
     let (registry, _reaper) = Registry::new(limits());
-    let session = registry
-        .open_session(Some(TTL), "h".into(), String::new())
+    let session = at_once(registry.open_session(Some(TTL), "h".into(), String::new()))
+        .unwrap()
         .id;
     let mut held = 0;
     for size in [100_000, 300_000] {

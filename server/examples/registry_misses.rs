@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use seaport_server::registry::{Actor, Limits, NewService, Registry};
+use seaport_server::registry::{Actor, Limits, NewService, Registry, at_once};
 
 /// As seaportd: its allocator's misses are part of the count.
 #[global_allocator]
@@ -62,8 +62,8 @@ async fn main() {
     let (registry, _reaper) = Registry::new(limits);
     let sessions: Vec<String> = (0..SESSIONS)
         .map(|i| {
-            registry
-                .open_session(Some(TTL), format!("h{i}"), String::new())
+            at_once(registry.open_session(Some(TTL), format!("h{i}"), String::new()))
+                .unwrap()
                 .id
         })
         .collect();
@@ -77,7 +77,7 @@ async fn main() {
         // Register and free take turns once half the sessions hold one.
         if op % 2 == 1 && held.len() >= SESSIONS / 2 {
             let (w, id) = held.pop_front().expect("half are held");
-            registry.free(&sessions[w], &id, &actor).expect("free");
+            at_once(registry.free(&sessions[w], &id, &actor)).expect("free");
         } else {
             let w = next % SESSIONS;
             next += 1;
@@ -87,7 +87,7 @@ async fn main() {
                 host: format!("bench-{w}"),
                 ..Default::default()
             };
-            let service = registry.register(new, &actor).expect("register");
+            let service = at_once(registry.register(new, &actor)).expect("register");
             held.push_back((w, service.id.clone()));
         }
         for line in other[at..at + RPC_MEMORY].chunks_mut(64) {

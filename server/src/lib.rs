@@ -91,7 +91,7 @@ pub async fn run_with_admin(
     });
     let (registry, _reaper) = Registry::new(config.limits.clone());
     registry.set_policy(policy);
-    register_self(&registry, &config, local)?;
+    register_self(&registry, &config, local).await?;
 
     let health = tonic_health::server::HealthReporter::new();
     health.set_service_status("", ServingStatus::Serving).await;
@@ -216,19 +216,21 @@ fn is_link_local(ip: &std::net::IpAddr) -> bool {
 
 /// Registers the server as `seaport@<version>` so clients can discover
 /// registry servers, as the original seaport does.
-fn register_self(
+async fn register_self(
     registry: &Registry,
     config: &Config,
     local: std::net::SocketAddr,
 ) -> Result<(), ServerError> {
     let host = advertised_host(config, local);
-    registry.register_server(NewService {
-        role: format!("seaport@{}", env!("CARGO_PKG_VERSION")),
-        host,
-        port: u32::from(local.port()),
-        metadata: vec![("grpc".to_string(), REGISTRY_SERVICE.to_string())],
-        ..Default::default()
-    })?;
+    registry
+        .register_server(NewService {
+            role: format!("seaport@{}", env!("CARGO_PKG_VERSION")),
+            host,
+            port: u32::from(local.port()),
+            metadata: vec![("grpc".to_string(), REGISTRY_SERVICE.to_string())],
+            ..Default::default()
+        })
+        .await?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! to its ttl, so a network blip frees nothing.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -13,7 +14,7 @@ use tonic::{Status, Streaming};
 
 use super::status::{invalid, reject};
 use crate::pb::{self, heartbeat_request::Kind as In, heartbeat_response::Kind as Out};
-use crate::registry::{Actor, Eviction, Registry, SessionInfo};
+use crate::registry::{Actor, Eviction, Registry, RegistryError, SessionInfo};
 
 /// The RPC's name, as errors cite it.
 const RPC: &str = "Heartbeat";
@@ -61,7 +62,10 @@ pub(crate) async fn start(
     let info: SessionInfo = match first.and_then(|m| m.kind) {
         Some(In::Open(open)) => {
             let ttl = (open.ttl_ms > 0).then(|| Duration::from_millis(open.ttl_ms));
-            let info = registry.open_session(ttl, observed_host(peer), actor.identity.clone());
+            let info = registry
+                .open_session(ttl, observed_host(peer), actor.identity.clone())
+                .await
+                .map_err(|e| reject(RPC, peer, e))?;
             tracing::info!(session = info.label, client = %seaport::quote(&open.client_name),
                 host = %info.observed_host, identity = %actor.identity,
                 ttl_ms = info.ttl.as_millis() as u64, "session opened");
@@ -97,6 +101,7 @@ pub(crate) async fn start(
         peer,
         queued,
         inbound,
+        closing: None,
         done: false,
     })
 }
@@ -116,14 +121,21 @@ pub(crate) struct HeartbeatStream {
     /// the admins' frees a ping handed over after its pong.
     queued: VecDeque<Result<pb::HeartbeatResponse, Status>>,
     inbound: Streaming<pb::HeartbeatRequest>,
+    /// A close under way: with a store, the frees take a round trip.
+    closing: Option<Closing>,
     /// Set after the last answer (closed, or an error).
     done: bool,
 }
 
+/// A session's close, answering how many registrations it freed.
+type Closing = Pin<Box<dyn Future<Output = Result<usize, RegistryError>> + Send>>;
+
 impl HeartbeatStream {
-    fn answer(&mut self, kind: Option<In>) -> Result<pb::HeartbeatResponse, Status> {
+    /// The answer to one client message; `None` for a close, answered by
+    /// [`HeartbeatStream::closed`] once it is done.
+    fn answer(&mut self, kind: Option<In>) -> Option<Result<pb::HeartbeatResponse, Status>> {
         let (id, peer) = (&self.id, self.peer);
-        match kind {
+        Some(match kind {
             Some(In::Ping(ping)) => match self.registry.ping(id) {
                 Ok(evicted) => {
                     self.queued.extend(evicted.into_iter().map(evicted_reply));
@@ -131,15 +143,11 @@ impl HeartbeatStream {
                 }
                 Err(e) => Err(reject(RPC, peer, e)),
             },
-            Some(In::Close(_)) => match self.registry.close_session(id) {
-                Ok(freed) => {
-                    tracing::info!(session = self.label, freed, "session closed");
-                    reply(Out::Closed(pb::SessionClosed {
-                        freed: freed as u32,
-                    }))
-                }
-                Err(e) => Err(reject(RPC, peer, e)),
-            },
+            Some(In::Close(_)) => {
+                let (registry, id) = (self.registry.clone(), id.clone());
+                self.closing = Some(Box::pin(async move { registry.close_session(&id).await }));
+                return None;
+            }
             Some(In::Open(_) | In::Resume(_)) => Err(invalid(
                 RPC,
                 peer,
@@ -150,6 +158,22 @@ impl HeartbeatStream {
                 peer,
                 "empty heartbeat message; send `ping` or `close`",
             )),
+        })
+    }
+
+    /// The answer to a close, once done.
+    fn closed(
+        &self,
+        result: Result<usize, RegistryError>,
+    ) -> Result<pb::HeartbeatResponse, Status> {
+        match result {
+            Ok(freed) => {
+                tracing::info!(session = self.label, freed, "session closed");
+                reply(Out::Closed(pb::SessionClosed {
+                    freed: freed as u32,
+                }))
+            }
+            Err(e) => Err(reject(RPC, self.peer, e)),
         }
     }
 }
@@ -162,12 +186,21 @@ impl Stream for HeartbeatStream {
         if let Some(queued) = this.queued.pop_front() {
             return Poll::Ready(Some(queued));
         }
+        if let Some(closing) = &mut this.closing {
+            let result = ready!(closing.as_mut().poll(cx));
+            this.closing = None;
+            this.done = true;
+            return Poll::Ready(Some(this.closed(result)));
+        }
         if this.done {
             return Poll::Ready(None);
         }
         match ready!(Pin::new(&mut this.inbound).poll_next(cx)) {
             Some(Ok(message)) => {
-                let answer = this.answer(message.kind);
+                let Some(answer) = this.answer(message.kind) else {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                };
                 this.done = !matches!(
                     answer,
                     Ok(pb::HeartbeatResponse {

@@ -170,6 +170,7 @@ impl RegistryApi for RegistryService {
         let service = self
             .registry
             .register(convert::new_service(r), &actor)
+            .await
             .map_err(|e| reject("Register", peer, e))?;
         Ok(Response::new(pb::RegisterResponse {
             service: convert::service(service),
@@ -186,6 +187,7 @@ impl RegistryApi for RegistryService {
         let service = self
             .registry
             .update(&session_id, &id, change, &actor)
+            .await
             .map_err(|e| reject("Update", peer, e))?;
         Ok(Response::new(pb::UpdateResponse {
             service: convert::service(service),
@@ -202,6 +204,7 @@ impl RegistryApi for RegistryService {
         let service = self
             .registry
             .free(&r.session_id, &r.id, &actor)
+            .await
             .map_err(|e| reject("Free", peer, e))?;
         Ok(Response::new(pb::FreeResponse {
             service: convert::service(service),

@@ -25,6 +25,8 @@ fn code(e: &RegistryError) -> Code {
         PortsExhausted { .. } | TooManyRegistrations(_) | TooManyWatchers(_) => {
             Code::ResourceExhausted
         }
+        Unavailable(_) => Code::Unavailable,
+        Changed(_) => Code::Aborted,
     }
 }
 
