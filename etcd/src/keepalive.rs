@@ -1,0 +1,104 @@
+//! One keep-alive stream for all the leases this server holds: etcd's
+//! LeaseKeepAlive takes any lease on one stream, so a thousand sessions
+//! cost one stream, not a thousand. etcd-client's keeper holds one lease
+//! per stream, so this speaks the RPC itself; its two messages are
+//! written out here rather than generated.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::EtcdStore;
+
+/// etcdserverpb.LeaseKeepAliveRequest.
+#[derive(Clone, PartialEq, prost::Message)]
+struct KeepAliveRequest {
+    #[prost(int64, tag = "1")]
+    id: i64,
+}
+
+/// etcdserverpb.LeaseKeepAliveResponse, without its header.
+#[derive(Clone, PartialEq, prost::Message)]
+struct KeepAliveResponse {
+    #[prost(int64, tag = "2")]
+    id: i64,
+    #[prost(int64, tag = "3")]
+    ttl: i64,
+}
+
+/// A channel to the members for the keep-alive stream.
+pub(crate) fn channel(
+    endpoints: &[String],
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, String> {
+    let endpoints = endpoints
+        .iter()
+        .map(|url| {
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| format!("etcd endpoint {}: {e}", seaport::quote(url)))?
+                .connect_timeout(Duration::from_secs(2));
+            match &tls {
+                Some(tls) => endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|e| format!("etcd TLS: {e}")),
+                None => Ok(endpoint),
+            }
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Channel::balance_list(endpoints.into_iter()))
+}
+
+/// Sends a keep-alive for every lease pinged, over one stream, opened
+/// again whenever it breaks.
+pub(crate) async fn keep(store: Arc<EtcdStore>, channel: Channel) {
+    let path = PathAndQuery::from_static("/etcdserverpb.Lease/LeaseKeepAlive");
+    loop {
+        let (tx, rx) = tokio::sync::mpsc::channel::<KeepAliveRequest>(1024);
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        let opened = async {
+            grpc.ready().await.map_err(|e| e.to_string())?;
+            let codec = tonic_prost::ProstCodec::<KeepAliveRequest, KeepAliveResponse>::default();
+            let request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            grpc.streaming(request, path.clone(), codec)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|e| e.to_string())
+        };
+        let mut answers = match opened.await {
+            Ok(answers) => answers,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open the keep-alive stream; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = store.wake_keeper.notified() => {
+                    let mut leases = std::mem::take(
+                        &mut *store.pinged.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    leases.sort_unstable();
+                    leases.dedup();
+                    for id in leases {
+                        if tx.send(KeepAliveRequest { id }).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                answer = answers.next() => match answer {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "the keep-alive stream broke; opening another");
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
