@@ -274,6 +274,12 @@ impl Registry {
         &self.shared.limits
     }
 
+    /// True once the registry answers reads: at once on the memory store,
+    /// after the first load through a store.
+    pub fn is_synced(&self) -> bool {
+        *self.shared.health.borrow() != StoreHealth::Syncing
+    }
+
     /// Where the registry stands with its store, now and as it changes.
     pub fn health(&self) -> latest::Receiver<StoreHealth> {
         self.shared.health.subscribe()

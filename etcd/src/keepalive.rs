@@ -57,6 +57,9 @@ pub(crate) async fn keep(store: Arc<EtcdStore>, channel: Channel) {
     let path = PathAndQuery::from_static("/etcdserverpb.Lease/LeaseKeepAlive");
     loop {
         let (tx, rx) = tokio::sync::mpsc::channel::<KeepAliveRequest>(1024);
+        // etcd answers the call's headers with its first keep-alive, so
+        // the requests must flow while the call is being opened.
+        let forwarder = tokio::spawn(forward(store.clone(), tx));
         let mut grpc = tonic::client::Grpc::new(channel.clone());
         let opened = async {
             grpc.ready().await.map_err(|e| e.to_string())?;
@@ -67,38 +70,34 @@ pub(crate) async fn keep(store: Arc<EtcdStore>, channel: Channel) {
                 .map(|r| r.into_inner())
                 .map_err(|e| e.to_string())
         };
-        let mut answers = match opened.await {
-            Ok(answers) => answers,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot open the keep-alive stream; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = store.wake_keeper.notified() => {
-                    let mut leases = std::mem::take(
-                        &mut *store.pinged.lock().unwrap_or_else(|e| e.into_inner()),
-                    );
-                    leases.sort_unstable();
-                    leases.dedup();
-                    for id in leases {
-                        if tx.send(KeepAliveRequest { id }).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-                answer = answers.next() => match answer {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
+        match opened.await {
+            Ok(mut answers) => {
+                while let Some(answer) = answers.next().await {
+                    if let Err(e) = answer {
                         tracing::debug!(error = %e, "the keep-alive stream broke; opening another");
                         break;
                     }
-                    None => break,
-                },
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot open the keep-alive stream; retrying"),
+        }
+        forwarder.abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Feeds the stream the leases pinged since the last round, each once.
+async fn forward(store: Arc<EtcdStore>, tx: tokio::sync::mpsc::Sender<KeepAliveRequest>) {
+    loop {
+        store.wake_keeper.notified().await;
+        let mut leases =
+            std::mem::take(&mut *store.pinged.lock().unwrap_or_else(|e| e.into_inner()));
+        leases.sort_unstable();
+        leases.dedup();
+        for id in leases {
+            if tx.send(KeepAliveRequest { id }).await.is_err() {
+                return;
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -38,6 +38,33 @@ pub struct Config {
     pub policy: Option<PathBuf>,
     /// Under mTLS, refuse reads without a client certificate too.
     pub require_client_cert_for_reads: bool,
+    /// Where the registry's truth lives.
+    pub store: StoreConfig,
+}
+
+/// Where the registry's truth lives.
+#[derive(Clone, Debug, Default)]
+pub enum StoreConfig {
+    /// In this process: the embedded default.
+    #[default]
+    Memory,
+    /// In etcd, shared by every seaportd on it.
+    Etcd(EtcdConfig),
+}
+
+/// How to reach etcd.
+#[derive(Clone, Debug)]
+pub struct EtcdConfig {
+    /// Client URLs of its members.
+    pub endpoints: Vec<String>,
+    /// Prefix of every key Seaport writes.
+    pub prefix: String,
+    /// CA of the members' certificates.
+    pub ca: Option<PathBuf>,
+    /// Client certificate.
+    pub cert: Option<PathBuf>,
+    /// Key of the client certificate.
+    pub key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -56,6 +83,7 @@ impl Default for Config {
             tls: None,
             policy: None,
             require_client_cert_for_reads: false,
+            store: StoreConfig::Memory,
         }
     }
 }

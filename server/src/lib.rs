@@ -52,6 +52,9 @@ pub enum ServerError {
     /// The policy file could not be used.
     #[error("policy: {0}")]
     Policy(String),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(String),
 }
 
 /// The gRPC service name of the registry, as health checks name it.
@@ -89,16 +92,29 @@ pub async fn run_with_admin(
         mtls: config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         require_cert_for_reads: config.require_client_cert_for_reads,
     });
-    let (registry, _reaper) = Registry::new(config.limits.clone());
+    let (registry, _reaper) = open_store(&config).await?;
     registry.set_policy(policy);
-    register_self(&registry, &config, local).await?;
+    if registry.is_synced() {
+        register_self(&registry, &config, local).await?;
+    } else {
+        // Through a store, once the index is loaded; until then the server
+        // answers NOT_SERVING.
+        tokio::spawn(register_self_when_synced(
+            registry.clone(),
+            config.clone(),
+            local,
+        ));
+    }
 
     let health = tonic_health::server::HealthReporter::new();
-    health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_service_status(REGISTRY_SERVICE, ServingStatus::Serving)
-        .await;
     let (serving_tx, serving_rx) = tokio::sync::watch::channel(true);
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(report_health(
+        registry.health(),
+        serving_tx.subscribe(),
+        health.clone(),
+        ready_tx,
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(seaport::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -115,7 +131,7 @@ pub async fn run_with_admin(
         tokio::spawn(admin::run(
             admin,
             health_service.clone(),
-            serving_rx,
+            ready_rx,
             stop_rx.clone(),
         ));
     }
@@ -162,6 +178,7 @@ pub async fn run_with_admin(
         .set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing)
         .await;
     let _ = serving_tx.send(false);
+    drop(serving_rx);
     tokio::select! {
         _ = &mut server => return Err(ServerError::Stopped),
         _ = tokio::time::sleep(config.drain_delay) => {}
@@ -211,6 +228,91 @@ fn is_link_local(ip: &std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => v4.is_link_local(),
         std::net::IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    }
+}
+
+/// The registry on the configured store, and the memory store's reaper
+/// guard (none with etcd: sessions expire there).
+async fn open_store(
+    config: &Config,
+) -> Result<(Registry, Option<registry::ReaperGuard>), ServerError> {
+    match &config.store {
+        config::StoreConfig::Memory => {
+            let (registry, reaper) = Registry::new(config.limits.clone());
+            Ok((registry, Some(reaper)))
+        }
+        #[cfg(feature = "etcd")]
+        config::StoreConfig::Etcd(etcd) => {
+            let options = seaport_etcd::EtcdOptions {
+                endpoints: etcd.endpoints.clone(),
+                prefix: etcd.prefix.clone(),
+                ca: etcd.ca.clone(),
+                cert: etcd.cert.clone(),
+                key: etcd.key.clone(),
+            };
+            tracing::info!(endpoints = %etcd.endpoints.join(","), prefix = %etcd.prefix, "store: etcd");
+            let registry = seaport_etcd::EtcdStore::start(&options, config.limits.clone())
+                .await
+                .map_err(ServerError::Store)?;
+            Ok((registry, None))
+        }
+        #[cfg(not(feature = "etcd"))]
+        config::StoreConfig::Etcd(_) => Err(ServerError::Store(
+            "this seaportd was built without the `etcd` feature".into(),
+        )),
+    }
+}
+
+/// Serves SERVING while the registry is synced with its store and the
+/// server is not stopping, NOT_SERVING otherwise, on gRPC health and on
+/// the admin port's /readyz.
+async fn report_health(
+    mut store: tokio::sync::watch::Receiver<registry::StoreHealth>,
+    mut serving: tokio::sync::watch::Receiver<bool>,
+    health: tonic_health::server::HealthReporter,
+    ready: tokio::sync::watch::Sender<bool>,
+) {
+    loop {
+        let synced = *store.borrow_and_update() == registry::StoreHealth::Synced;
+        let up = synced && *serving.borrow_and_update();
+        let status = if up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
+        health.set_service_status(REGISTRY_SERVICE, status).await;
+        ready.send_replace(up);
+        tokio::select! {
+            changed = store.changed() => if changed.is_err() { return },
+            changed = serving.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Registers the server once its index is loaded from the store, trying
+/// again while the store refuses.
+async fn register_self_when_synced(
+    registry: Registry,
+    config: Config,
+    local: std::net::SocketAddr,
+) {
+    let mut health = registry.health();
+    loop {
+        if health
+            .wait_for(|h| *h == registry::StoreHealth::Synced)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        match register_self(&registry, &config, local).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register this server yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, error::ErrorKind};
 use seaport::parse_duration;
+use seaport_server::config::{EtcdConfig, StoreConfig};
 use seaport_server::{Config, registry::Limits, tls::TlsFiles};
 
 /// mimalloc rather than glibc's malloc: every RPC allocates and frees a
@@ -88,6 +89,25 @@ struct Args {
     /// How long a connection with no open call is kept.
     #[arg(long, env = "SEAPORT_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// Where the registry's truth lives: `memory` (this process, the
+    /// default) or `etcd` (shared by every seaportd on the same etcd).
+    #[arg(long, env = "SEAPORT_STORE", default_value = "memory")]
+    store: StoreKind,
+    /// etcd client URLs, comma-separated (with --store etcd).
+    #[arg(long, env = "SEAPORT_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Prefix of every key Seaport writes in etcd.
+    #[arg(long, env = "SEAPORT_ETCD_PREFIX", default_value = "/seaport")]
+    etcd_prefix: String,
+    /// PEM CA that signs the etcd members' certificates (https endpoints).
+    #[arg(long, env = "SEAPORT_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd.
+    #[arg(long, env = "SEAPORT_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM private key for --etcd-cert.
+    #[arg(long, env = "SEAPORT_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// PEM certificate chain for TLS on the main port.
     #[arg(long, env = "SEAPORT_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -132,10 +152,37 @@ fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
     Ok(a..=b)
 }
 
+/// `--store`'s values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    Memory,
+    Etcd,
+}
+
 impl Args {
     /// The configuration, or a usage error naming the flag to fix.
     fn config(self) -> Result<Config, clap::Error> {
         let usage = |msg: String| Args::command().error(ErrorKind::ValueValidation, msg);
+        let store = match self.store {
+            StoreKind::Memory => StoreConfig::Memory,
+            StoreKind::Etcd if !cfg!(feature = "etcd") => {
+                return Err(usage(
+                    "this seaportd was built without etcd support; build it with `cargo build --release -p seaport-server --features etcd` (needs protoc)".into(),
+                ));
+            }
+            StoreKind::Etcd if self.etcd_endpoints.is_empty() => {
+                return Err(usage(
+                    "--store etcd needs --etcd-endpoints, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379".into(),
+                ));
+            }
+            StoreKind::Etcd => StoreConfig::Etcd(EtcdConfig {
+                endpoints: self.etcd_endpoints,
+                prefix: self.etcd_prefix,
+                ca: self.etcd_ca,
+                cert: self.etcd_cert,
+                key: self.etcd_key,
+            }),
+        };
         if self.min_ttl.is_zero() {
             return Err(usage("--min-ttl must be above zero".into()));
         }
@@ -210,6 +257,7 @@ impl Args {
             }),
             policy: self.policy,
             require_client_cert_for_reads: self.require_client_cert_for_reads,
+            store,
         })
     }
 }
