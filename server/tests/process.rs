@@ -1,57 +1,26 @@
 //! seaportd as a process: what only a real process shows (signals, the
 //! file descriptor limit).
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use seaport::pb::{self, registry_client::RegistryClient};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use seaport_testkit::Seaportd;
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
 /// How long any wait in these tests lasts at most.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A seaportd started by `sh -c` (so a shell can set limits first), and the
-/// address it serves on, read from its log.
-struct Seaportd {
-    child: Child,
-    addr: SocketAddr,
-}
+/// seaportd as a process, with what these tests read of it.
+struct Process(Seaportd);
 
-impl Seaportd {
+impl Process {
     /// Starts seaportd on an ephemeral port after the shell commands `setup`.
     async fn start(setup: &str) -> Self {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{setup}\nexec \"$0\" --listen 127.0.0.1:0"))
-            .arg(env!("CARGO_BIN_EXE_seaportd"))
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("seaportd starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = tokio::time::timeout(PATIENCE, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(at) = line.find("local=") {
-                    let rest = &line[at + "local=".len()..];
-                    let addr = rest.split_whitespace().next().unwrap();
-                    return addr.parse::<SocketAddr>().unwrap();
-                }
-            }
-            panic!("seaportd ended before serving");
-        })
-        .await
-        .expect("seaportd says where it serves");
-        // Keep draining the log so seaportd never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Seaportd { child, addr }
+        Process(Seaportd::start(env!("CARGO_BIN_EXE_seaportd"), setup, &[]).await)
     }
 
     fn pid(&self) -> u32 {
-        self.child.id().expect("running")
+        self.0.pid()
     }
 
     /// CPU time used so far (user and system), from /proc.
@@ -65,7 +34,7 @@ impl Seaportd {
 
     /// A query answered, within `limit`.
     async fn answers_within(&self, limit: Duration) -> bool {
-        let addr = self.addr;
+        let addr = self.0.addr;
         let query = async move {
             let mut client = RegistryClient::connect(format!("http://{addr}"))
                 .await
@@ -87,7 +56,7 @@ fn clock_ticks() -> u64 {
 
 #[tokio::test]
 async fn sighup_in_plaintext_leaves_it_serving() {
-    let seaportd = Seaportd::start("").await;
+    let seaportd = Process::start("").await;
     assert!(seaportd.answers_within(PATIENCE).await);
     let pid = seaportd.pid();
     let sent = std::process::Command::new("kill")
@@ -104,10 +73,10 @@ async fn sighup_in_plaintext_leaves_it_serving() {
 
 #[tokio::test]
 async fn out_of_descriptors_it_backs_off_and_recovers() {
-    let seaportd = Seaportd::start("ulimit -n 256").await;
+    let seaportd = Process::start("ulimit -n 256").await;
     let mut idle = Vec::new();
     for _ in 0..300 {
-        idle.push(TcpStream::connect(seaportd.addr).await.unwrap());
+        idle.push(TcpStream::connect(seaportd.0.addr).await.unwrap());
     }
     // Let it run out, then measure a quiet two seconds.
     tokio::time::sleep(Duration::from_millis(500)).await;

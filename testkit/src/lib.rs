@@ -4,7 +4,9 @@
 //! and runs real etcd clusters ([`EtcdCluster`]) for the etcd backend.
 
 pub mod etcd;
+pub mod process;
 pub use etcd::EtcdCluster;
+pub use process::Seaportd;
 
 use std::net::SocketAddr;
 use std::time::Duration;
