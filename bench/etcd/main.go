@@ -64,6 +64,7 @@ func main() {
 	sessions := flag.Int("sessions", 100, "concurrent writers (seaport's sessions)")
 	keys := flag.Int("keys", 1000, "keys present for the prefix range")
 	watchers := flag.Int("watchers", 1000, "watchers for fan-out")
+	registerOnly := flag.Bool("register-only", false, "only the lease grant + put scenario")
 	flag.Parse()
 
 	var clients []*clientv3.Client
@@ -92,6 +93,11 @@ func main() {
 	})
 	p50, p99 := quantiles(lat)
 	results = append(results, result{fmt.Sprintf("lease grant + put, %d writers", *sessions), float64(len(lat)) / wall.Seconds(), p50, p99, "per registration (2 RPCs)"})
+	if *registerOnly {
+		out, _ := json.MarshalIndent(results, "", "  ")
+		fmt.Println(string(out))
+		return
+	}
 
 	for i := 0; i < *keys; i++ {
 		if _, err := clients[0].Put(ctx, fmt.Sprintf("/q/svc-%d/1.%d.0", i/4, i%4), "h:1"); err != nil {

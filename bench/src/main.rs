@@ -69,6 +69,14 @@ struct Args {
     /// A quick pass with tiny sizes, to keep the benchmark working in CI.
     #[arg(long)]
     smoke: bool,
+    /// Sessions resumed on a second seaportd after a kill -9 of the first
+    /// (0 leaves it out); needs a shared store (--seaportd-arg).
+    #[arg(long, default_value_t = 100)]
+    failover_sessions: usize,
+    /// A flag for the seaportd the bench starts (repeat for several), such
+    /// as `--seaportd-arg=--store --seaportd-arg=etcd`.
+    #[arg(long = "seaportd-arg", allow_hyphen_values = true)]
+    seaportd_args: Vec<String>,
 }
 
 /// One line of the results table.
@@ -219,7 +227,7 @@ async fn server(args: &Args) -> Seaportd {
         return Seaportd::external(addr);
     }
     let largest = args.sizes.last().copied().unwrap_or(0);
-    let flags = [
+    let mut flags = vec![
         "--max-registrations-per-session".to_string(),
         // The register scenario keeps what it registers until it ends.
         (largest + 1000).max(10_000_000).to_string(),
@@ -228,7 +236,48 @@ async fn server(args: &Args) -> Seaportd {
         "--port-quarantine".to_string(),
         "1s".to_string(),
     ];
+    flags.extend(args.seaportd_args.iter().cloned());
     Seaportd::start(&flags).await
+}
+
+/// Two seaportd on the bench's store; sessions opened on the first, which
+/// is then killed with SIGKILL; each session's latency is the time from
+/// the kill until the second server has resumed it.
+async fn failover(args: &Args) -> Row {
+    let n = args.failover_sessions;
+    let first = server(args).await;
+    let second = server(args).await;
+    let on_first = scenarios::connect(first.addr, args.connections).await;
+    let sessions = scenarios::open_sessions(&on_first, n).await;
+    let on_second = scenarios::connect(second.addr, args.connections).await;
+    let killed = Instant::now();
+    drop(first);
+    let mut resumed = tokio::task::JoinSet::new();
+    for (w, session) in sessions.iter().enumerate() {
+        let (channel, id) = (on_second[w % on_second.len()].clone(), session.id.clone());
+        resumed.spawn(async move {
+            let session = Session::resume(channel, id).await;
+            (killed.elapsed(), session)
+        });
+    }
+    let mut sample = stats::Sample::default();
+    let mut kept = Vec::new();
+    while let Some(done) = resumed.join_next().await {
+        let (latency, session) = done.expect("resumed");
+        sample.push(latency);
+        kept.push(session);
+    }
+    sample.elapsed = killed.elapsed();
+    let mut row = Row::from(
+        format!("failover, {n} sessions"),
+        sample,
+        None,
+        "kill -9 of their seaportd -> each resumed on another".into(),
+    );
+    row.rate = None;
+    scenarios::close_sessions(kept).await;
+    drop(sessions);
+    row
 }
 
 #[tokio::main]
@@ -431,6 +480,10 @@ async fn main() {
                 ),
             ));
         }
+    }
+
+    if args.failover_sessions > 0 && !args.seaportd_args.is_empty() && args.addr.is_none() {
+        rows.push(failover(&args).await);
     }
 
     print_table(&rows);

@@ -43,16 +43,24 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) async fn open(channel: Channel, ttl_ms: u64) -> Session {
-        let (tx, rx) = mpsc::channel(4);
         let open = pb::OpenSession {
             ttl_ms,
             client_name: "bench".into(),
         };
-        tx.send(pb::HeartbeatRequest {
-            kind: Some(In::Open(open)),
-        })
-        .await
-        .unwrap();
+        Session::start(channel, In::Open(open)).await
+    }
+
+    /// Resumes the session `id`, as a client whose server died does on
+    /// another.
+    pub(crate) async fn resume(channel: Channel, id: String) -> Session {
+        Session::start(channel, In::Resume(pb::ResumeSession { session_id: id })).await
+    }
+
+    async fn start(channel: Channel, first: In) -> Session {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(pb::HeartbeatRequest { kind: Some(first) })
+            .await
+            .unwrap();
         let mut stream = RegistryClient::new(channel)
             .heartbeat(ReceiverStream::new(rx))
             .await

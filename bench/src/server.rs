@@ -47,8 +47,8 @@ impl Seaportd {
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with `cargo build --release --bin seaportd`, or set SEAPORTD)", binary.display()));
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        for _ in 0..400 {
+            if serving(addr).await {
                 return Seaportd {
                     addr,
                     child: Some(child),
@@ -58,7 +58,7 @@ impl Seaportd {
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!("seaportd did not start listening on {addr}");
+        panic!("seaportd did not report SERVING on {addr}");
     }
 
     /// A server someone else runs.
@@ -69,6 +69,23 @@ impl Seaportd {
     pub(crate) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
+}
+
+/// Whether the server at `addr` answers its health check with SERVING:
+/// on a store, only once it has loaded the registry.
+async fn serving(addr: SocketAddr) -> bool {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("a valid address")
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .is_ok_and(|a| a.into_inner().status == 1)
 }
 
 /// CPU time (user + system) the process has used so far.

@@ -65,7 +65,9 @@ impl EtcdStore {
         let mut connect = ConnectOptions::new()
             .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(Duration::from_secs(2))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // etcd closes connections that ping more often than every 5s
+            // (its --grpc-keepalive-min-time).
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(3))
             .with_keep_alive_while_idle(true)
             // A member cut off from its cluster answers "no leader" at
             // once, rather than letting a write hang.
