@@ -5,6 +5,7 @@
 //! See docs/CLUSTER.md for the keys, the transactions and the failures.
 
 mod feed;
+mod group;
 mod keepalive;
 mod keys;
 
@@ -51,6 +52,8 @@ pub struct EtcdStore {
     /// Whether etcd answers, as the feed last saw it: writes are refused at
     /// once while it does not.
     health: tokio::sync::watch::Sender<StoreHealth>,
+    /// Writes on their way to a shared transaction ([`group`]).
+    batches: tokio::sync::mpsc::UnboundedSender<group::Pending>,
 }
 
 impl EtcdStore {
@@ -79,13 +82,16 @@ impl EtcdStore {
             .await
             .map_err(|e| format!("cannot reach etcd at {}: {e}", options.endpoints.join(",")))?;
         let channel = keepalive::channel(&options.endpoints, tls)?;
+        let (batches, queue) = tokio::sync::mpsc::unbounded_channel();
         let store = Arc::new(EtcdStore {
             client,
             keys: Keys::new(&options.prefix),
             pinged: Mutex::default(),
             wake_keeper: Notify::new(),
             health: tokio::sync::watch::Sender::new(StoreHealth::Syncing),
+            batches,
         });
+        tokio::spawn(group::run(store.clone(), queue));
         let registry = Registry::with_store(limits, store.clone());
         tokio::spawn(feed::follow(store.clone(), registry.clone()));
         tokio::spawn(keepalive::keep(store, channel));
@@ -202,94 +208,108 @@ impl Store for EtcdStore {
 
     fn commit(&self, write: Write) -> StoreFuture<'_, u64> {
         Box::pin(async move {
-            match write {
-                Write::Register { service, lease } => self.register(&service, lease).await,
-                Write::Update {
-                    service,
-                    previous_revision,
-                    lease,
-                } => {
-                    let key = self.keys.service(&service.id);
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            previous_revision as i64,
-                        )])
-                        .and_then([TxnOp::put(
-                            key,
-                            keys::encode_service(&service),
-                            Some(PutOptions::new().with_lease(lease)),
-                        )]);
-                    let answer = self.txn(txn).await?;
-                    if !answer.succeeded() {
-                        return Err(RegistryError::Changed(service.id.clone()));
-                    }
-                    Ok(revision_of(answer.header()))
-                }
-                Write::Free { service, evicted } => {
-                    let key = self.keys.service(&service.id);
-                    let mut ops = vec![
-                        TxnOp::delete(key.clone(), None),
-                        TxnOp::delete(self.keys.port(&service.host, service.port), None),
-                    ];
-                    if let Some(record) = &evicted {
-                        ops.push(TxnOp::put(
-                            self.keys.session(&record.id),
-                            keys::encode_session(record),
-                            Some(PutOptions::new().with_lease(record.lease)),
-                        ));
-                    }
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(
-                            key,
-                            CompareOp::Equal,
-                            service.mod_revision as i64,
-                        )])
-                        .and_then(ops);
-                    let answer = self.txn(txn).await?;
-                    if !answer.succeeded() {
-                        return Err(RegistryError::Changed(service.id.clone()));
-                    }
-                    Ok(revision_of(answer.header()))
-                }
-            }
+            self.check_reachable()?;
+            let (done, answer) = tokio::sync::oneshot::channel();
+            self.batches
+                .send((write, done))
+                .map_err(|_| RegistryError::Unavailable("the etcd store has stopped".into()))?;
+            answer.await.unwrap_or_else(|_| {
+                Err(RegistryError::Unavailable(
+                    "the etcd store has stopped".into(),
+                ))
+            })
         })
     }
 }
 
 impl EtcdStore {
-    /// A registration and its port, made together only if the id and the
-    /// port on its host are free and its session's record is there.
-    async fn register(&self, service: &seaport::Service, lease: i64) -> Result<u64> {
-        let service_key = self.keys.service(&service.id);
-        let port_key = self.keys.port(&service.host, service.port);
-        let session_key = self.keys.session(&service.session_id);
-        let on_lease = || Some(PutOptions::new().with_lease(lease));
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(service_key.clone(), CompareOp::Equal, 0),
-                Compare::create_revision(port_key.clone(), CompareOp::Equal, 0),
-                Compare::version(session_key.clone(), CompareOp::Greater, 0),
-            ])
-            .and_then([
-                TxnOp::put(
-                    service_key.clone(),
-                    keys::encode_service(service),
-                    on_lease(),
-                ),
-                TxnOp::put(port_key.clone(), service.id.as_bytes(), on_lease()),
-            ])
-            .or_else([
-                TxnOp::get(service_key, None),
-                TxnOp::get(port_key, None),
-                TxnOp::get(session_key, None),
+    /// What `write` compares and what it does, for a transaction of its
+    /// own or one shared with others.
+    fn parts(&self, write: &Write) -> (Vec<Compare>, Vec<TxnOp>) {
+        let on = |lease: i64| Some(PutOptions::new().with_lease(lease));
+        match write {
+            Write::Register { service, lease } => {
+                let service_key = self.keys.service(&service.id);
+                let port_key = self.keys.port(&service.host, service.port);
+                (
+                    vec![
+                        Compare::create_revision(service_key.clone(), CompareOp::Equal, 0),
+                        Compare::create_revision(port_key.clone(), CompareOp::Equal, 0),
+                        Compare::version(
+                            self.keys.session(&service.session_id),
+                            CompareOp::Greater,
+                            0,
+                        ),
+                    ],
+                    vec![
+                        TxnOp::put(service_key, keys::encode_service(service), on(*lease)),
+                        TxnOp::put(port_key, service.id.as_bytes(), on(*lease)),
+                    ],
+                )
+            }
+            Write::Update {
+                service,
+                previous_revision,
+                lease,
+            } => {
+                let key = self.keys.service(&service.id);
+                (
+                    vec![Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        *previous_revision as i64,
+                    )],
+                    vec![TxnOp::put(key, keys::encode_service(service), on(*lease))],
+                )
+            }
+            Write::Free { service, evicted } => {
+                let key = self.keys.service(&service.id);
+                let mut ops = vec![
+                    TxnOp::delete(key.clone(), None),
+                    TxnOp::delete(self.keys.port(&service.host, service.port), None),
+                ];
+                if let Some(record) = evicted {
+                    ops.push(TxnOp::put(
+                        self.keys.session(&record.id),
+                        keys::encode_session(record),
+                        on(record.lease),
+                    ));
+                }
+                (
+                    vec![Compare::mod_revision(
+                        key,
+                        CompareOp::Equal,
+                        service.mod_revision as i64,
+                    )],
+                    ops,
+                )
+            }
+        }
+    }
+
+    /// Makes `write` in a transaction of its own, and says which
+    /// precondition failed when one did.
+    async fn single(&self, write: &Write) -> Result<u64> {
+        let (compares, ops) = self.parts(write);
+        let mut txn = Txn::new().when(compares).and_then(ops);
+        if let Write::Register { service, .. } = write {
+            // Read the three keys when a compare fails, to say which.
+            txn = txn.or_else([
+                TxnOp::get(self.keys.service(&service.id), None),
+                TxnOp::get(self.keys.port(&service.host, service.port), None),
+                TxnOp::get(self.keys.session(&service.session_id), None),
             ]);
+        }
         let answer = self.txn(txn).await?;
         if answer.succeeded() {
             return Ok(revision_of(answer.header()));
         }
-        // Which precondition failed, from the reads of the else branch.
+        let service = match write {
+            Write::Register { service, .. } => service,
+            Write::Update { service, .. } | Write::Free { service, .. } => {
+                return Err(RegistryError::Changed(service.id.clone()));
+            }
+        };
         let found: Vec<Option<Vec<u8>>> = answer
             .op_responses()
             .into_iter()
