@@ -3,7 +3,9 @@
 //! test is written once, against `Registry`, and generated for each store
 //! by `contract!`: register, re-assert, ids and ports taken, update, free
 //! and ownership, admins' frees, close and expiry with their reasons, the
-//! watch's events and a watch resumed by revision.
+//! watch's events and a watch resumed by revision. Then, on etcd alone,
+//! two registries on one etcd (two servers): ownership, policy and an
+//! admin's free hold across them.
 
 use std::time::Duration;
 
@@ -474,4 +476,101 @@ async fn a_watch_resumed_by_revision_gets_exactly_what_followed(registry: Regist
         .unwrap()
         .unwrap();
     assert_eq!(marker.kind, EventKind::Synced, "then the replay ends");
+}
+
+/// Two registries on one etcd, as two seaportd: ownership, policy and an
+/// admin's free hold across them as on one.
+#[tokio::test]
+async fn ownership_and_policy_hold_across_servers() {
+    let cluster = EtcdCluster::start(1).await;
+    let options = EtcdOptions {
+        endpoints: cluster.endpoints(),
+        prefix: "/across".into(),
+        ca: None,
+        cert: None,
+        key: None,
+    };
+    let policy =
+        "admins = [\"ops\"]\n[[allow]]\nidentities = [\"alice\", \"ops\"]\nnames = [\"web\"]\n";
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let registry = EtcdStore::start(&options, limits()).await.unwrap();
+        let mut health = registry.health();
+        tokio::time::timeout(
+            PATIENCE,
+            health.wait_for(|h| *h == seaport_core::StoreHealth::Synced),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        registry.set_policy(Policy::parse(policy, "test").unwrap());
+        servers.push(registry);
+    }
+    let (a, b) = (&servers[0], &servers[1]);
+    let on_a = open(a, "alice").await;
+    let web = a
+        .register(new(&on_a, "web@1.0.0"), &actor("alice"))
+        .await
+        .unwrap();
+    let bob = open(b, "bob").await;
+    let refused = b.register(new(&bob, "web@1.0.0"), &actor("bob")).await;
+    assert!(
+        matches!(refused, Err(RegistryError::NotAllowed { .. })),
+        "{refused:?}"
+    );
+    let refused = b.free(&bob, &web.id, &actor("bob")).await;
+    assert!(
+        matches!(refused, Err(RegistryError::NotOwner { .. })),
+        "{refused:?}"
+    );
+    // alice, through the other server and another session of hers.
+    let on_b = open(b, "alice").await;
+    let updated = b
+        .update(
+            &on_b,
+            &web.id,
+            MetadataChange {
+                set: vec![("via".into(), "b".into())],
+                ..Default::default()
+            },
+            &actor("alice"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.metadata.get("via").map(String::as_str), Some("b"));
+    b.free(&on_b, &web.id, &actor("alice")).await.unwrap();
+    // An admin's free through one server reaches the holder on the other.
+    let again = a
+        .register(
+            NewService {
+                id: "web-2".into(),
+                ..new(&on_a, "web@1.0.0")
+            },
+            &actor("alice"),
+        )
+        .await
+        .unwrap();
+    let ops = open(b, "ops").await;
+    b.free(&ops, &again.id, &actor("ops")).await.unwrap();
+    let mut notices = Vec::new();
+    let started = tokio::time::Instant::now();
+    while notices.is_empty() {
+        notices = a.ping(&on_a).unwrap();
+        assert!(started.elapsed() < PATIENCE, "the holder hears of it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(notices[0].id, "web-2");
+    let refused = a
+        .register(
+            NewService {
+                id: "web-2".into(),
+                ..new(&on_a, "web@1.0.0")
+            },
+            &actor("alice"),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(RegistryError::Evicted(_))),
+        "{refused:?}"
+    );
 }
