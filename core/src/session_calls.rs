@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::sessions::Session;
 use crate::{
     Actor, Eviction, NewService, Pinned, Registry, RegistryError, Result, SessionInfo,
-    SessionRecord, Store, random_id, session_of,
+    SessionRecord, State, Store, random_id, session_of,
 };
 
 impl Registry {
@@ -127,13 +127,7 @@ impl Registry {
     pub fn resume_session(&self, id: &str, actor: &Actor) -> Result<SessionInfo> {
         let mut state = self.lock();
         session_of(&state, id, actor, Pinned::Refused)?;
-        let session = state
-            .sessions
-            .ping(id, Instant::now())
-            .ok_or(RegistryError::UnknownSession)?;
-        if let Some(store) = &self.shared.store {
-            store.keep_alive(session.lease);
-        }
+        let session = self.heard_from(&mut state, id)?;
         Ok(SessionInfo {
             id: id.to_string(),
             label: session.label,
@@ -143,10 +137,9 @@ impl Registry {
         })
     }
 
-    /// Keeps a session alive for another ttl, and hands over what admins
-    /// freed of it since the last ping (almost always nothing).
-    pub fn ping(&self, id: &str) -> Result<Vec<Eviction>> {
-        let mut state = self.lock();
+    /// The session `id`, alive for another ttl from now: here, and in the
+    /// store, whose lease this server keeps alive from now on.
+    fn heard_from<'a>(&self, state: &'a mut State, id: &str) -> Result<&'a Session> {
         let session = state
             .sessions
             .ping(id, Instant::now())
@@ -154,6 +147,14 @@ impl Registry {
         if let Some(store) = &self.shared.store {
             store.keep_alive(session.lease);
         }
+        Ok(session)
+    }
+
+    /// Keeps a session alive for another ttl, and hands over what admins
+    /// freed of it since the last ping (almost always nothing).
+    pub fn ping(&self, id: &str) -> Result<Vec<Eviction>> {
+        let mut state = self.lock();
+        self.heard_from(&mut state, id)?;
         Ok(state
             .sessions
             .open

@@ -74,13 +74,14 @@ impl Registry {
     /// Registers in the memory store: the whole change under one lock.
     fn register_here(
         &self,
-        new: NewService,
+        mut new: NewService,
         role: Role,
         port: u16,
         actor: &Actor,
         pinned: Pinned,
     ) -> Result<Arc<Service>> {
-        let metadata: Metadata = new.metadata.into_iter().collect();
+        let metadata: Metadata = std::mem::take(&mut new.metadata).into_iter().collect();
+        let host = std::mem::take(&mut new.host);
         let now = Instant::now();
         // Made before the lock: the other core may be waiting for it. A
         // clash with a registered id (one in 2^128) makes another under it.
@@ -90,14 +91,7 @@ impl Registry {
         let decided = decide(
             state,
             &self.shared.limits,
-            Asked {
-                session_id: &new.session_id,
-                id: &new.id,
-                host: new.host,
-                role: &role,
-                port,
-                namespace: &new.namespace,
-            },
+            Asked::of(&new, host, &role, port),
             actor,
             pinned,
         )?;
@@ -151,13 +145,13 @@ impl Registry {
     async fn register_through(
         &self,
         store: &dyn Store,
-        new: NewService,
+        mut new: NewService,
         role: Role,
         port: u16,
         actor: &Actor,
         pinned: Pinned,
     ) -> Result<Arc<Service>> {
-        let metadata: Metadata = new.metadata.into_iter().collect();
+        let metadata: Metadata = std::mem::take(&mut new.metadata).into_iter().collect();
         let mut tries = 0;
         loop {
             tries += 1;
@@ -167,14 +161,7 @@ impl Registry {
                 let decided = decide(
                     state,
                     &self.shared.limits,
-                    Asked {
-                        session_id: &new.session_id,
-                        id: &new.id,
-                        host: new.host.clone(),
-                        role: &role,
-                        port,
-                        namespace: &new.namespace,
-                    },
+                    Asked::of(&new, new.host.clone(), &role, port),
                     actor,
                     pinned,
                 )?;
@@ -378,6 +365,20 @@ struct Asked<'a> {
     role: &'a Role,
     port: u16,
     namespace: &'a str,
+}
+
+impl<'a> Asked<'a> {
+    /// What `new` asks for, its role and port parsed, on `host`.
+    fn of(new: &'a NewService, host: String, role: &'a Role, port: u16) -> Self {
+        Asked {
+            session_id: &new.session_id,
+            id: &new.id,
+            host,
+            role,
+            port,
+            namespace: &new.namespace,
+        }
+    }
 }
 
 /// What the rules decided of a registration.

@@ -115,6 +115,13 @@ fn new(session: &str, role: &str) -> NewService {
     }
 }
 
+fn with_id(new: NewService, id: &str) -> NewService {
+    NewService {
+        id: id.into(),
+        ..new
+    }
+}
+
 async fn open(registry: &Registry, owner: &str) -> String {
     registry
         .open_session(
@@ -144,25 +151,13 @@ async fn registers_reasserts_and_refuses_what_is_taken(registry: Registry) {
     let s = open(&registry, "").await;
     let other = open(&registry, "").await;
     let web = registry
-        .register(
-            NewService {
-                id: "web-1".into(),
-                ..new(&s, "web@1.2.3")
-            },
-            &actor(""),
-        )
+        .register(with_id(new(&s, "web@1.2.3"), "web-1"), &actor(""))
         .await
         .unwrap();
     assert!((20000..=20049).contains(&web.port));
     assert_eq!(web.create_revision, web.mod_revision);
     let again = registry
-        .register(
-            NewService {
-                id: "web-1".into(),
-                ..new(&s, "web@1.2.3")
-            },
-            &actor(""),
-        )
+        .register(with_id(new(&s, "web@1.2.3"), "web-1"), &actor(""))
         .await
         .unwrap();
     assert_eq!(
@@ -171,13 +166,7 @@ async fn registers_reasserts_and_refuses_what_is_taken(registry: Registry) {
         "a re-assert answers the registration as it is"
     );
     let taken = registry
-        .register(
-            NewService {
-                id: "web-1".into(),
-                ..new(&other, "web@1.2.3")
-            },
-            &actor(""),
-        )
+        .register(with_id(new(&other, "web@1.2.3"), "web-1"), &actor(""))
         .await;
     assert!(matches!(taken, Err(RegistryError::IdTaken(_))), "{taken:?}");
     let port_taken = registry
@@ -258,13 +247,7 @@ async fn admins_free_and_it_is_final(registry: Registry) {
     let alice = open(&registry, "alice").await;
     let ops = open(&registry, "ops").await;
     let web = registry
-        .register(
-            NewService {
-                id: "web-1".into(),
-                ..new(&alice, "web")
-            },
-            &actor("alice"),
-        )
+        .register(with_id(new(&alice, "web"), "web-1"), &actor("alice"))
         .await
         .unwrap();
     registry.free(&ops, &web.id, &actor("ops")).await.unwrap();
@@ -285,13 +268,7 @@ async fn admins_free_and_it_is_final(registry: Registry) {
         ("web-1", "ops")
     );
     let again = registry
-        .register(
-            NewService {
-                id: "web-1".into(),
-                ..new(&alice, "web")
-            },
-            &actor("alice"),
-        )
+        .register(with_id(new(&alice, "web"), "web-1"), &actor("alice"))
         .await;
     assert!(matches!(again, Err(RegistryError::Evicted(_))), "{again:?}");
 }
@@ -541,13 +518,7 @@ async fn ownership_and_policy_hold_across_servers() {
     b.free(&on_b, &web.id, &actor("alice")).await.unwrap();
     // An admin's free through one server reaches the holder on the other.
     let again = a
-        .register(
-            NewService {
-                id: "web-2".into(),
-                ..new(&on_a, "web@1.0.0")
-            },
-            &actor("alice"),
-        )
+        .register(with_id(new(&on_a, "web@1.0.0"), "web-2"), &actor("alice"))
         .await
         .unwrap();
     let ops = open(b, "ops").await;
@@ -561,13 +532,7 @@ async fn ownership_and_policy_hold_across_servers() {
     }
     assert_eq!(notices[0].id, "web-2");
     let refused = a
-        .register(
-            NewService {
-                id: "web-2".into(),
-                ..new(&on_a, "web@1.0.0")
-            },
-            &actor("alice"),
-        )
+        .register(with_id(new(&on_a, "web@1.0.0"), "web-2"), &actor("alice"))
         .await;
     assert!(
         matches!(refused, Err(RegistryError::Evicted(_))),

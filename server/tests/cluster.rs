@@ -52,6 +52,18 @@ async fn serving(channel: &Channel) -> bool {
     answer.is_ok_and(|a| a.into_inner().status == 1)
 }
 
+/// Whether the server at `addr` answers SERVING.
+async fn serves(addr: &str) -> bool {
+    match Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+    {
+        Ok(channel) => serving(&channel).await,
+        Err(_) => false,
+    }
+}
+
 /// A raw Watch of `pattern` from `since`.
 async fn watch(
     client: &mut RegistryClient<Channel>,
@@ -232,18 +244,7 @@ async fn clients_of_a_killed_server_resume_elsewhere_and_nothing_is_freed() {
     let (b_addr, c_addr) = (spare(), spare());
     let a = Seaportd::start(binary, "", &args("127.0.0.1:0")).await;
     let a_addr = a.addr.to_string();
-    eventually(
-        "the first server serves",
-        async || match Channel::from_shared(format!("http://{a_addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            Ok(channel) => serving(&channel).await,
-            Err(_) => false,
-        },
-    )
-    .await;
+    eventually("the first server serves", async || serves(&a_addr).await).await;
     let mut clients = Vec::new();
     let mut streams = Vec::new();
     for i in 0..100 {
@@ -271,19 +272,8 @@ async fn clients_of_a_killed_server_resume_elsewhere_and_nothing_is_freed() {
     let b = Seaportd::start(binary, "", &args(&b_addr)).await;
     let c = Seaportd::start(binary, "", &args(&c_addr)).await;
     for server in [&b, &c] {
-        let addr = server.addr;
-        eventually(
-            "the other servers serve",
-            async || match Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-            {
-                Ok(channel) => serving(&channel).await,
-                Err(_) => false,
-            },
-        )
-        .await;
+        let addr = server.addr.to_string();
+        eventually("the other servers serve", async || serves(&addr).await).await;
     }
     let mut watcher = client_of(&c.addr.to_string()).await;
     let mut freed = watch(&mut watcher, "svc", 0).await;
