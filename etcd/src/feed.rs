@@ -61,33 +61,61 @@ fn set_health(store: &EtcdStore, registry: &Registry, health: StoreHealth) {
     registry.set_health(health);
 }
 
-/// Loads every session and registration; returns the revision loaded.
+/// Keys read by one request of a load: a page stays well under gRPC's
+/// 4 MiB message limit (a registration is a few hundred bytes, up to
+/// 16 KiB with the most metadata allowed).
+const PAGE: i64 = 200;
+
+/// Loads every session and registration, page by page at one revision;
+/// returns that revision.
 async fn load(store: &EtcdStore, registry: &Registry) -> Result<u64, etcd_client::Error> {
-    let answer = store
-        .client
-        .kv_client()
-        .get(store.keys.all(), Some(GetOptions::new().with_prefix()))
-        .await?;
-    let revision = crate::revision_of(answer.header());
+    let prefix = store.keys.all();
+    // The end of the prefix's range: its last byte plus one.
+    let mut end = prefix.clone().into_bytes();
+    *end.last_mut().expect("a prefix is never empty") += 1;
+    let mut kv = store.client.kv_client();
+    let mut from = prefix.into_bytes();
+    let mut revision = 0;
     let mut sessions = Vec::new();
     let mut services = Vec::new();
-    for kv in answer.kvs() {
-        match store.keys.kind(kv.key()) {
-            Kind::Session(id) => sessions.extend(keys::decode_session(id, kv.lease(), kv.value())),
-            Kind::Service(id) => services.extend(keys::decode_service(
-                id,
-                kv.value(),
-                kv.create_revision(),
-                kv.mod_revision(),
-            )),
-            Kind::Other => {}
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            options = options.with_revision(revision as i64);
+        }
+        let answer = kv.get(from.clone(), Some(options)).await?;
+        if revision == 0 {
+            revision = crate::revision_of(answer.header());
+        }
+        for kv in answer.kvs() {
+            match store.keys.kind(kv.key()) {
+                Kind::Session(id) => {
+                    sessions.extend(keys::decode_session(id, kv.lease(), kv.value()))
+                }
+                Kind::Service(id) => services.extend(keys::decode_service(
+                    id,
+                    kv.value(),
+                    kv.create_revision(),
+                    kv.mod_revision(),
+                )),
+                Kind::Other => {}
+            }
+        }
+        match answer.kvs().last() {
+            Some(last) if answer.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
         }
     }
+    let (count, held) = (sessions.len(), services.len());
     registry.load(revision, sessions, services);
     set_health(store, registry, StoreHealth::Synced);
     tracing::info!(
         revision,
-        sessions = answer.kvs().len(),
+        sessions = count,
+        registrations = held,
         "registry loaded from etcd"
     );
     Ok(revision)

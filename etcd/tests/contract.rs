@@ -57,14 +57,7 @@ async fn etcd() -> Subject {
         key: None,
     };
     let registry = EtcdStore::start(&options, limits()).await.unwrap();
-    let mut health = registry.health();
-    tokio::time::timeout(
-        PATIENCE,
-        health.wait_for(|h| *h == seaport_core::StoreHealth::Synced),
-    )
-    .await
-    .expect("the index loads")
-    .unwrap();
+    synced(&registry).await;
     Subject {
         registry,
         _keep: Keep::Etcd(cluster),
@@ -472,14 +465,7 @@ async fn ownership_and_policy_hold_across_servers() {
     let mut servers = Vec::new();
     for _ in 0..2 {
         let registry = EtcdStore::start(&options, limits()).await.unwrap();
-        let mut health = registry.health();
-        tokio::time::timeout(
-            PATIENCE,
-            health.wait_for(|h| *h == seaport_core::StoreHealth::Synced),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        synced(&registry).await;
         registry.set_policy(Policy::parse(policy, "test").unwrap());
         servers.push(registry);
     }
@@ -538,4 +524,53 @@ async fn ownership_and_policy_hold_across_servers() {
         matches!(refused, Err(RegistryError::Evicted(_))),
         "{refused:?}"
     );
+}
+
+/// A server started after many registrations loads them all, page by
+/// page, and sees the same revision.
+#[tokio::test]
+async fn a_server_started_later_loads_the_whole_registry() {
+    let cluster = EtcdCluster::start(1).await;
+    let options = EtcdOptions {
+        endpoints: cluster.endpoints(),
+        prefix: "/later".into(),
+        ca: None,
+        cert: None,
+        key: None,
+    };
+    let first = EtcdStore::start(&options, limits()).await.unwrap();
+    synced(&first).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for s in 0..10 {
+        let session = open(&first, "").await;
+        for i in 0..50 {
+            let (registry, session) = (first.clone(), session.clone());
+            calls.spawn(async move {
+                let new = NewService {
+                    host: format!("10.0.{s}.{i}"),
+                    ..new(&session, "web@1.0.0")
+                };
+                registry.register(new, &actor("")).await.unwrap();
+            });
+        }
+    }
+    calls.join_all().await;
+    let (all, revision) = first.query(&selector(&first, "web"));
+    assert_eq!(all.len(), 500);
+    let later = EtcdStore::start(&options, limits()).await.unwrap();
+    synced(&later).await;
+    let (loaded, at) = later.query(&selector(&later, "web"));
+    assert_eq!(loaded.len(), 500, "every page loaded");
+    assert!(at >= revision);
+}
+
+async fn synced(registry: &Registry) {
+    let mut health = registry.health();
+    tokio::time::timeout(
+        PATIENCE,
+        health.wait_for(|h| *h == seaport_core::StoreHealth::Synced),
+    )
+    .await
+    .expect("the index loads")
+    .unwrap();
 }
