@@ -28,11 +28,14 @@ func binary(name, env string) string {
 	return filepath.Join(filepath.Dir(file), "..", "..", "..", "target", "debug", name)
 }
 
+// server is a seaportd child process, logging its sessions (opened,
+// resumed, closed) to a file.
 type server struct {
-	t     *testing.T
-	addr  string
-	flags []string
-	cmd   *exec.Cmd
+	t       *testing.T
+	addr    string
+	flags   []string
+	cmd     *exec.Cmd
+	logFile *os.File
 }
 
 func freePort(t *testing.T) int {
@@ -45,20 +48,29 @@ func freePort(t *testing.T) int {
 }
 
 func startServer(t *testing.T, flags ...string) *server {
-	s := &server{t: t, addr: "127.0.0.1:" + strconv.Itoa(freePort(t)), flags: flags}
+	logFile, err := os.Create(filepath.Join(t.TempDir(), "seaportd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{t: t, addr: "127.0.0.1:" + strconv.Itoa(freePort(t)), flags: flags, logFile: logFile}
 	s.start()
 	t.Cleanup(func() {
 		if s.cmd.ProcessState == nil {
 			s.stop()
 		}
+		if t.Failed() {
+			t.Logf("seaportd's log:\n%s", s.log())
+		}
+		logFile.Close()
 	})
 	return s
 }
 
 func (s *server) start() {
-	args := append([]string{"--listen", s.addr, "--drain-delay", "0s", "--log", "warn"}, s.flags...)
+	args := append([]string{"--listen", s.addr, "--drain-delay", "0s", "--log", "warn,seaport_server::grpc::heartbeat=info"}, s.flags...)
 	s.cmd = exec.Command(binary("seaportd", "SEAPORTD"), args...)
-	s.cmd.Stderr = os.Stderr
+	s.cmd.Stderr = s.logFile // a file, not a pipe: a line is there as soon as seaportd has written it
+	s.cmd.Env = append(os.Environ(), "NO_COLOR=1")
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
@@ -74,6 +86,25 @@ func (s *server) start() {
 func (s *server) stop() {
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	_ = s.cmd.Wait()
+}
+
+// log is everything seaportd has logged so far.
+func (s *server) log() string {
+	b, err := os.ReadFile(s.logFile.Name())
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return string(b)
+}
+
+// waitFor polls cond until it holds, and fails the test saying what never happened.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not happen within 10s", what)
+		}
+	}
 }
 
 func dial(t *testing.T, addr string, opts ...seaport.Option) *seaport.Client {
@@ -217,30 +248,56 @@ func TestBadRangeIsInvalidArgument(t *testing.T) {
 	}
 }
 
-func TestMTLSCertificateRegistersAndNoCertificateIsRefused(t *testing.T) {
-	pki := t.TempDir()
-	out, err := exec.Command(binary("seaportctl", "SEAPORTCTL"), "certs", "init", filepath.Join(pki, "pki"), "--client", "gopher").CombinedOutput()
-	if err != nil {
+// certificates makes a development CA, a server certificate and client
+// certificates for clients; it returns the directory and a reader of its files.
+func certificates(t *testing.T, clients ...string) (string, func(string) []byte) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	args := []string{"certs", "init", dir}
+	for _, c := range clients {
+		args = append(args, "--client", c)
+	}
+	if out, err := exec.Command(binary("seaportctl", "SEAPORTCTL"), args...).CombinedOutput(); err != nil {
 		t.Fatalf("certs init: %v %s", err, out)
 	}
-	dir := filepath.Join(pki, "pki")
-	s := startServer(t, "--tls-cert", filepath.Join(dir, "server.pem"), "--tls-key", filepath.Join(dir, "server-key.pem"), "--client-ca", filepath.Join(dir, "ca.pem"))
-	read := func(name string) []byte {
+	return dir, func(name string) []byte {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)
 		}
 		return b
 	}
+}
+
+func tlsFlags(dir string) []string {
+	return []string{"--tls-cert", filepath.Join(dir, "server.pem"), "--tls-key", filepath.Join(dir, "server-key.pem"), "--client-ca", filepath.Join(dir, "ca.pem")}
+}
+
+func TestMTLSCertificateRegistersAndNoCertificateOnlyReads(t *testing.T) {
+	dir, read := certificates(t, "gopher")
+	s := startServer(t, tlsFlags(dir)...)
 	c := dial(t, s.addr, seaport.WithTLS(read("ca.pem"), read("client-gopher.pem"), read("client-gopher-key.pem")))
 	reg, err := c.Register(ctx(t), "web@1.2.3")
 	if err != nil || reg.Service.Owner != "gopher" {
 		t.Fatalf("register over mTLS: %+v %v", reg, err)
 	}
+	// A reader needs no certificate: it opens no session, which the server would refuse it.
+	reader := dial(t, s.addr, seaport.WithTLS(read("ca.pem"), nil, nil))
+	if found, err := reader.Query(ctx(t), "web"); err != nil || len(found) != 1 || found[0].ID != reg.ID {
+		t.Fatalf("query without a certificate: %v %v", found, err)
+	}
+	if found, err := reader.Get(ctx(t), "web"); err != nil || len(found) != 1 || found[0].ID != reg.ID {
+		t.Fatalf("get without a certificate: %v %v", found, err)
+	}
+	events, err := reader.Watch(ctx(t), "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := next(t, events); e.Kind != "EXISTING" || e.Service.ID != reg.ID {
+		t.Fatalf("want EXISTING, got %+v", e)
+	}
 	short, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err = seaport.Dial(short, []string{s.addr}, seaport.WithTLS(read("ca.pem"), nil, nil))
-	if status.Code(err) != codes.Unauthenticated {
-		t.Fatalf("want UNAUTHENTICATED without a certificate, got %v", err)
+	if _, err := reader.Register(short, "web@1.2.4"); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("want UNAUTHENTICATED registering without a certificate, got %v", err)
 	}
 }

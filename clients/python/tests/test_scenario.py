@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import queue
+import re
 import subprocess
 import threading
 import time
+from typing import Iterator
 
 import grpc
 import pytest
 
-from conftest import binary
-from seaport import SeaportClient, SeaportError
+from conftest import TcpProxy, binary, wait_for
+from seaport import SeaportClient, SeaportError, WatchEvent
 
 
 def test_register_get_and_query(seaportd):
@@ -85,17 +88,125 @@ def test_a_bad_range_is_an_invalid_argument_with_the_servers_message(seaportd):
         assert '"1.2.3.4" has more than three version parts' in bad.value.message
 
 
-def test_over_mtls_a_certificate_registers_and_no_certificate_is_refused(seaportd, tmp_path):
+def certificates(tmp_path, *clients: str):
+    """A development CA, server certificate and client certificates: (pki directory, ca PEM)."""
     pki = tmp_path / "pki"
-    subprocess.run([binary("seaportctl"), "certs", "init", str(pki), "--client", "py"], check=True, capture_output=True)
-    server = seaportd(
-        "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server-key.pem"), "--client-ca", str(pki / "ca.pem")
-    )
-    ca = (pki / "ca.pem").read_bytes()
+    names = [arg for client in clients for arg in ("--client", client)]
+    subprocess.run([binary("seaportctl"), "certs", "init", str(pki), *names], check=True, capture_output=True)
+    return pki, (pki / "ca.pem").read_bytes()
+
+
+def tls_flags(pki) -> list[str]:
+    return ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server-key.pem"), "--client-ca", str(pki / "ca.pem")]
+
+
+def test_over_mtls_a_certificate_registers_and_no_certificate_only_reads(seaportd, tmp_path):
+    pki, ca = certificates(tmp_path, "py")
+    server = seaportd(*tls_flags(pki))
     cert, key = (pki / "client-py.pem").read_bytes(), (pki / "client-py-key.pem").read_bytes()
-    with SeaportClient([server.address], ca=ca, cert=cert, key=key) as client:
+    with SeaportClient([server.address], ca=ca, cert=cert, key=key) as client, SeaportClient([server.address], ca=ca) as reader:
         reg = client.register("web@1.2.3")
         assert reg.service.owner == "py"
-    with pytest.raises(SeaportError) as refused:
-        SeaportClient([server.address], ca=ca)
-    assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+        # A reader needs no certificate: it opens no session, which the server would refuse it.
+        assert [s.id for s in reader.query("web")] == [reg.id]
+        assert [s.id for s in reader.get("web", timeout=5)] == [reg.id]
+        events = reader.watch("web")
+        assert [next(events).kind, next(events).kind] == ["EXISTING", "SYNCED"]
+        with pytest.raises(SeaportError) as refused:
+            reader.register("web@1.2.4")
+        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def collect(events: Iterator[WatchEvent]) -> "queue.Queue[WatchEvent]":
+    """Feeds a watch's events into a queue from a thread, so a test can wait for one, or for none."""
+    out: "queue.Queue[WatchEvent]" = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for e in events:
+                out.put(e)
+        except SeaportError:
+            pass  # the watching client closed
+
+    threading.Thread(target=pump, daemon=True).start()
+    return out
+
+
+def snapshot(events: "queue.Queue[WatchEvent]") -> list[tuple[str, str]]:
+    """The watch's snapshot, up to SYNCED, as (kind, id)."""
+    seen = []
+    while not seen or seen[-1][0] != "SYNCED":
+        e = events.get(timeout=10)
+        seen.append((e.kind, e.service.id if e.service else ""))
+    return seen
+
+
+def test_reads_open_no_session_and_the_first_register_opens_one(seaportd):
+    server = seaportd()
+    with SeaportClient([server.address]) as client:
+        assert client.query("web") == []
+        assert [s.name for s in client.get("seaport", timeout=5)] == ["seaport"]  # seaportd registers itself
+        events = client.watch("web")
+        assert next(events).kind == "SYNCED"
+        assert "session opened" not in server.log()
+        reg = client.register("web@1.2.3")
+        assert server.log().count("session opened") == 1
+        client.free(reg.id)
+        wait_for(lambda: "session closed" in server.log(), "closing the session with the last free")
+        assert client.query("web") == []
+        assert server.log().count("session opened") == 1
+
+
+def test_a_dropped_connection_resumes_the_session(seaportd):
+    server = seaportd()
+    with TcpProxy(server.address) as proxy, SeaportClient([server.address]) as watcher, \
+            SeaportClient([proxy.address], ttl=2) as client:
+        reg = client.register("web@1.2.3", metadata={"zone": "a"})
+        events = collect(watcher.watch("web"))
+        assert snapshot(events) == [("EXISTING", reg.id), ("SYNCED", "")]
+        proxy.cut()
+        wait_for(lambda: "session resumed" in server.log(), "resuming the session")
+        assert proxy.accepted >= 2
+        # Twice the ttl: had the session not been resumed, it would have expired and freed web.
+        with pytest.raises(queue.Empty):
+            e = events.get(timeout=4)
+            pytest.fail(f"the watcher saw {e.kind} for {e.service and e.service.id}")
+        assert [(s.id, s.port) for s in watcher.query("web")] == [(reg.id, reg.port)]
+        assert server.log().count("session opened") == 1
+        client.update(reg.id, {"zone": "b"})  # the session is still this client's
+        updated = events.get(timeout=5)
+        assert (updated.kind, updated.service.id, updated.service.port) == ("UPDATED", reg.id, reg.port)
+
+
+def test_a_dropped_connection_resumes_the_session_through_the_next_address(seaportd):
+    server = seaportd()
+    with TcpProxy(server.address) as first, TcpProxy(server.address) as second, \
+            SeaportClient([server.address]) as watcher, SeaportClient([first.address, second.address], ttl=2) as client:
+        reg = client.register("web@1.2.3", metadata={"zone": "a"})
+        events = collect(watcher.watch("web"))
+        assert snapshot(events) == [("EXISTING", reg.id), ("SYNCED", "")]
+        first.close()
+        wait_for(lambda: "session resumed" in server.log(), "resuming the session")
+        assert second.accepted >= 1
+        client.update(reg.id, {"zone": "b"})
+        updated = events.get(timeout=5)
+        assert (updated.kind, updated.service.id, updated.service.port) == ("UPDATED", reg.id, reg.port)
+        assert server.log().count("session opened") == 1
+
+
+def test_an_admins_free_is_final_and_ends_the_owners_session(seaportd, tmp_path):
+    pki, ca = certificates(tmp_path, "py", "ops")
+    policy = tmp_path / "policy.toml"
+    policy.write_text('admins = ["ops"]\n[[allow]]\nidentities = ["py"]\nnames = ["web"]\n')
+    server = seaportd(*tls_flags(pki), "--policy", str(policy))
+
+    def client(name: str, **kw) -> SeaportClient:
+        cert, key = (pki / f"client-{name}.pem").read_bytes(), (pki / f"client-{name}-key.pem").read_bytes()
+        return SeaportClient([server.address], ca=ca, cert=cert, key=key, **kw)
+
+    with client("py", ttl=1) as owner, client("ops") as admin:
+        reg = owner.register("web@1.2.3")
+        label = re.search(r"session opened session=(\d+) .*identity=py", server.log()).group(1)
+        admin.free(reg.id)
+        # Told at its next ping, the owner forgets the registration and, holding nothing, closes its session.
+        wait_for(lambda: f"session closed session={label} freed=0" in server.log(), "the owner closing its session")
