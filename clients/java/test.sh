@@ -1,10 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the Maven dependencies, generates the stubs from proto/ and runs
-# the tests against a real seaportd (built here if missing).
+# the tests against a real seaportd (the Maven build runs cargo for it when
+# target/debug/seaportd is missing).
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-[ -x "$root/target/debug/seaportd" ] && [ -x "$root/target/debug/seaportctl" ] \
-  || (cd "$root" && cargo build --quiet --bin seaportd --bin seaportctl)
-cd "$here"
+cd "$(dirname "$0")"
 mvn -B --no-transfer-progress test
