@@ -115,10 +115,15 @@ pub async fn run_with_admin(
         health.clone(),
         ready_tx,
     ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(seaport::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // v1alpha too: grpcui, Postman, older grpcurl and Python's reflection
+    // client speak only that.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(seaport::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -151,7 +156,8 @@ pub async fn run_with_admin(
     ))
     .max_decoding_message_size(config.max_message_size);
     let routes = Routes::new(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(registry_service);
     let settings = serve::Settings {
         max_concurrent_streams: config.max_concurrent_streams,

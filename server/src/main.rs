@@ -133,6 +133,10 @@ struct Args {
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "SEAPORT_LOG", default_value = "info")]
     log: String,
+    /// Log lines as `text` (coloured only on a terminal, and never with
+    /// NO_COLOR set) or as `json`, one object a line.
+    #[arg(long, env = "SEAPORT_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
 }
 
 fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
@@ -150,6 +154,13 @@ fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
         return Err(hint());
     }
     Ok(a..=b)
+}
+
+/// `--log-format`'s values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `--store`'s values.
@@ -280,10 +291,17 @@ async fn main() -> ExitCode {
             .error(ErrorKind::ValueValidation, format!("--log: {e}"))
             .exit()
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            logs.with_ansi(colour).init()
+        }
+    }
     // One crypto provider, chosen explicitly: see DESIGN's note on rustls.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (listen, admin_listen) = (args.listen, args.admin_listen);

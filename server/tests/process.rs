@@ -93,3 +93,35 @@ async fn out_of_descriptors_it_backs_off_and_recovers() {
         "answers again soon after the connections close"
     );
 }
+
+#[tokio::test]
+async fn logs_are_json_lines_when_asked_and_plain_text_in_a_pipe() {
+    let json = Seaportd::start(
+        env!("CARGO_BIN_EXE_seaportd"),
+        "",
+        &["--log-format".into(), "json".into()],
+    )
+    .await;
+    let lines = json.log();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value["timestamp"].is_string() && value["level"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"message\":\"seaportd serving\"")),
+        "{lines:?}"
+    );
+    // Written to a pipe, not a terminal: no colour codes, even without
+    // NO_COLOR (which the test kit otherwise sets).
+    let text = Process::start("unset NO_COLOR").await;
+    let lines = text.0.log();
+    assert!(lines.iter().any(|l| l.contains("seaportd serving")));
+    assert!(lines.iter().all(|l| !l.contains('\x1b')), "{lines:?}");
+}

@@ -1,8 +1,10 @@
 //! seaportd as a real process, for what only a process shows: signals,
 //! descriptor limits, and a kill -9 that leaves no goodbye.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -15,7 +17,12 @@ pub struct Seaportd {
     child: Child,
     /// The address it serves gRPC on.
     pub addr: SocketAddr,
+    /// Its log lines so far (stderr), the latest [`LOG_LINES`].
+    log: Arc<Mutex<VecDeque<String>>>,
 }
+
+/// Log lines of a seaportd kept for a test to read.
+pub const LOG_LINES: usize = 10_000;
 
 impl Seaportd {
     /// Starts `binary` (the test's `CARGO_BIN_EXE_seaportd`) with `args`
@@ -38,21 +45,39 @@ impl Seaportd {
             .spawn()
             .expect("seaportd starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let keep = |log: &Mutex<VecDeque<String>>, line: String| {
+            let mut log = log.lock().unwrap();
+            if log.len() == LOG_LINES {
+                log.pop_front();
+            }
+            log.push_back(line);
+        };
         let addr = tokio::time::timeout(PATIENCE, async {
             while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(at) = line.find("local=") {
-                    let rest = &line[at + "local=".len()..];
-                    let addr = rest.split_whitespace().next().unwrap();
-                    return addr.parse::<SocketAddr>().unwrap();
+                let found = served_at(&line);
+                keep(&log, line);
+                if let Some(addr) = found {
+                    return addr;
                 }
             }
             panic!("seaportd ended before serving");
         })
         .await
         .expect("seaportd says where it serves");
-        // Keep draining the log so seaportd never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Seaportd { child, addr }
+        // Keep reading the log so seaportd never blocks on a full pipe.
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keep(&kept, line);
+            }
+        });
+        Seaportd { child, addr, log }
+    }
+
+    /// Its log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().iter().cloned().collect()
     }
 
     /// Its process id.
@@ -64,4 +89,17 @@ impl Seaportd {
     pub async fn kill(mut self) {
         self.child.kill().await.expect("kill -9");
     }
+}
+
+/// The address in seaportd's "serving" line, in text (`local=ADDR`) or
+/// JSON (`"local":"ADDR"`) logs.
+fn served_at(line: &str) -> Option<SocketAddr> {
+    let rest = match line.find("local=") {
+        Some(at) => &line[at + "local=".len()..],
+        None => &line[line.find("\"local\":\"")? + "\"local\":\"".len()..],
+    };
+    rest.split(|c: char| c.is_whitespace() || c == '"')
+        .next()?
+        .parse()
+        .ok()
 }

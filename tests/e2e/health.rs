@@ -185,3 +185,33 @@ async fn the_admin_port_answers_its_probe_paths_only() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// Tools that speak only the older reflection (grpcui, Postman, older
+/// grpcurl, Python's reflection client) see the same services.
+#[tokio::test]
+async fn reflection_v1alpha_lists_them_too() {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let server = TestServer::start().await;
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("{reply:?}")
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"seaport.v1.Registry".to_string()),
+        "{names:?}"
+    );
+}
