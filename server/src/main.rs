@@ -1,13 +1,15 @@
 //! seaportd: flags to a `Config`, bind, `seaport_server::run` until SIGINT
 //! or SIGTERM.
 
+mod config_file;
+
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser, error::ErrorKind};
+use clap::{CommandFactory, FromArgMatches, Parser, error::ErrorKind};
 use seaport::parse_duration;
 use seaport_server::config::{EtcdConfig, StoreConfig};
 use seaport_server::{Config, registry::Limits, tls::TlsFiles};
@@ -20,8 +22,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Seaport registry server: service registry and port assigner over gRPC.
 #[derive(Parser, Debug)]
-#[command(name = "seaportd", version)]
+#[command(name = "seaportd", version, args_override_self = true)]
 struct Args {
+    /// TOML file with any of these flags as keys (`port-range = "20000-29999"`);
+    /// flags and environment variables override it.
+    #[arg(long, env = "SEAPORT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration, as a --config file, and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Address to serve gRPC on.
     #[arg(long, env = "SEAPORT_LISTEN", default_value = "127.0.0.1:9090")]
     listen: SocketAddr,
@@ -285,7 +294,15 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let command = Args::command();
+    let argv = config_file::with_file(&command, std::env::args_os().collect())
+        .unwrap_or_else(|e| command.clone().error(ErrorKind::ValueValidation, e).exit());
+    let matches = command.clone().get_matches_from(argv);
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if args.print_config {
+        print!("{}", config_file::print(&command, &matches));
+        return ExitCode::SUCCESS;
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|e| {
         Args::command()
             .error(ErrorKind::ValueValidation, format!("--log: {e}"))
