@@ -192,6 +192,9 @@ impl Registry {
         } else {
             FreeReason::Expired
         };
+        if !session.closing {
+            crate::stats::Counters::bump(&self.shared.counters.expired);
+        }
         if !session.pinned() {
             tracing::info!(
                 session = session.label,

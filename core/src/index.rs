@@ -146,6 +146,13 @@ impl Entries {
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Entries::Few(few) => few.len(),
+            Entries::Many(many) => many.len(),
+        }
+    }
+
     fn is_empty(&self) -> bool {
         match self {
             Entries::Few(few) => few.is_empty(),
@@ -165,6 +172,14 @@ impl Entries {
 }
 
 impl Index {
+    /// Services by namespace.
+    pub(crate) fn counts(&self) -> Vec<(String, usize)> {
+        self.namespaces
+            .iter()
+            .map(|(ns, names)| (ns.to_string(), names.values().map(Entries::len).sum()))
+            .collect()
+    }
+
     /// The index's own copy of a namespace's name, when it holds services
     /// there: new services share it rather than each holding a copy.
     pub(crate) fn namespace(&self, namespace: &str) -> Option<Arc<str>> {

@@ -22,6 +22,7 @@ mod reads;
 mod reaper;
 mod session_calls;
 mod sessions;
+mod stats;
 mod store;
 mod watch;
 mod writes;
@@ -42,6 +43,7 @@ pub use limits::Limits;
 pub use policy::Policy;
 pub use seaport::EventKind;
 pub use sessions::Eviction;
+pub use stats::{HOSTS_LISTED, Stats};
 pub use store::{Applied, SessionRecord, Store, StoreFuture, StoreHealth, Write};
 pub use watch::{Change, ChangeKind, Selector, Watch, WatchEvent};
 
@@ -78,6 +80,8 @@ struct Shared {
     applied: latest::Sender<u64>,
     /// Where the state stands with its store.
     health: latest::Sender<StoreHealth>,
+    /// What happened, for metrics.
+    counters: stats::Counters,
 }
 
 struct State {
@@ -278,6 +282,7 @@ impl Registry {
                 store,
                 applied: latest::Sender::new(revision),
                 health: latest::Sender::new(health),
+                counters: stats::Counters::default(),
             }),
         }
     }

@@ -34,6 +34,8 @@ pub(crate) struct Ports {
 #[derive(Debug, Default)]
 struct Host {
     ports: HashMap<u16, Port>,
+    /// Ports with a holder, for metrics.
+    held: usize,
 }
 
 #[derive(Debug, Default)]
@@ -91,7 +93,10 @@ impl Ports {
             Some(entry) => entry,
             None => self.hosts.entry(service.host.clone()).or_default(),
         };
-        entry.ports.entry(service.port).or_default().holder = Some(service.clone());
+        let port = entry.ports.entry(service.port).or_default();
+        if port.holder.replace(service.clone()).is_none() {
+            entry.held += 1;
+        }
     }
 
     /// Releases `port` on `host`; it stays quarantined for a while.
@@ -100,12 +105,16 @@ impl Ports {
             return;
         };
         let quarantine = !self.quarantine.is_zero();
+        let mut was_held = false;
         let held = entry.update(port, |p| {
-            p.holder = None;
+            was_held = p.holder.take().is_some();
             if quarantine {
                 p.quarantined += 1;
             }
         });
+        if was_held {
+            entry.held -= 1;
+        }
         if held && quarantine {
             self.freed.push_back((now, host.clone(), port));
         } else if entry.is_empty() {
@@ -195,6 +204,16 @@ impl Ports {
                 self.hosts.remove(&*host);
             }
         }
+    }
+
+    /// Ports held, by host: a count kept with each host, so reading it
+    /// costs a host, not its ports.
+    pub(crate) fn held_by_host(&self) -> Vec<(String, usize)> {
+        self.hosts
+            .iter()
+            .filter(|(_, h)| h.held > 0)
+            .map(|(name, h)| (name.to_string(), h.held))
+            .collect()
     }
 
     /// Hosts with at least one held port (for tests and metrics).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use seaport::{EventKind, Service};
 use tokio::sync::broadcast;
 
+use crate::stats::Waiting;
 use crate::watch::{Change, Selector, Watch, WatchEvent};
 use crate::{Registry, RegistryError, Result, StoreHealth, namespace_or_default};
 
@@ -48,6 +49,7 @@ impl Registry {
     /// Like `query`, but waits until at least one service matches. Dropping
     /// the future leaves nothing behind.
     pub async fn get(&self, selector: &Selector) -> (Vec<Arc<Service>>, u64) {
+        let mut waiting = None;
         loop {
             let mut feed = {
                 let state = self.lock();
@@ -57,6 +59,7 @@ impl Registry {
                 }
                 self.shared.feed.subscribe()
             };
+            waiting.get_or_insert_with(|| Waiting::new(&self.shared.counters.get_waiters));
             loop {
                 match feed.recv().await {
                     Ok(change) => {

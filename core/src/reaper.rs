@@ -20,6 +20,7 @@ impl Registry {
                     services = session.services.len(),
                     "session expired"
                 );
+                crate::stats::Counters::bump(&self.shared.counters.expired);
                 for service in session.services.into_services() {
                     self.remove_locked(&mut state, &service.id, now, FreeReason::Expired);
                 }

@@ -8,6 +8,7 @@ use seaport::{FreeReason, Service};
 use tokio::time::Instant;
 
 use crate::sessions::Session;
+use crate::stats::Counters;
 use crate::{
     Actor, Eviction, NewService, Pinned, Registry, RegistryError, Result, SessionInfo,
     SessionRecord, State, Store, random_id, session_of,
@@ -37,6 +38,7 @@ impl Registry {
             None => self.open_here(&record),
             Some(store) => self.open_through(store.as_ref(), record.clone()).await?,
         };
+        Counters::bump(&self.shared.counters.opened);
         Ok(SessionInfo {
             id: record.id,
             label,
@@ -128,6 +130,7 @@ impl Registry {
         let mut state = self.lock();
         session_of(&state, id, actor, Pinned::Refused)?;
         let session = self.heard_from(&mut state, id)?;
+        Counters::bump(&self.shared.counters.resumed);
         Ok(SessionInfo {
             id: id.to_string(),
             label: session.label,
@@ -179,6 +182,7 @@ impl Registry {
             (session.record(id), session.services.len())
         };
         let revision = store.close(&record).await?;
+        Counters::bump(&self.shared.counters.closed);
         self.caught_up(revision).await?;
         Ok(freed)
     }
@@ -195,6 +199,7 @@ impl Registry {
         for service in session.services.into_services() {
             self.remove_locked(&mut state, &service.id, now, FreeReason::Closed);
         }
+        Counters::bump(&self.shared.counters.closed);
         Ok(freed)
     }
 }

@@ -167,6 +167,7 @@ impl Stream for Watch {
                     }
                 }
                 Some(Err(BroadcastStreamRecvError::Lagged(_))) => {
+                    crate::stats::Counters::bump(&this.registry.shared.counters.watch_resets);
                     let (feed, mut pending) = this.registry.snapshot(&this.selector);
                     let revision = pending.back().map_or(0, |e| e.revision);
                     pending.push_front(WatchEvent::marker(EventKind::Reset, None, revision));

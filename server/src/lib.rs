@@ -7,6 +7,7 @@ pub mod auth;
 mod coalesce;
 pub mod config;
 pub mod grpc;
+pub mod metrics;
 pub use seaport_core as registry;
 mod reload;
 mod serve;
@@ -125,6 +126,8 @@ pub async fn run_with_admin(
     let (reflection_v1, reflection_v1alpha) =
         (reflection().build_v1()?, reflection().build_v1alpha()?);
 
+    let watchers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let metrics = Arc::new(metrics::Metrics::new(registry.clone(), watchers.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     // Health Watch streams end at shutdown like the registry's own.
@@ -137,6 +140,7 @@ pub async fn run_with_admin(
             admin,
             health_service.clone(),
             ready_rx,
+            metrics.clone(),
             stop_rx.clone(),
         ));
     }
@@ -151,8 +155,9 @@ pub async fn run_with_admin(
     let registry_service = RegistryServer::new(RegistryService::new(
         registry.clone(),
         auth,
-        config.max_watchers,
+        (config.max_watchers, watchers),
         stop_rx,
+        metrics.clone(),
     ))
     .max_decoding_message_size(config.max_message_size);
     let routes = Routes::new(health_service)
@@ -165,6 +170,7 @@ pub async fn run_with_admin(
         max_connections: config.max_connections,
         handshake_timeout: config.handshake_timeout,
         idle_timeout: config.idle_timeout,
+        metrics,
     };
     let drained = async {
         let _ = drain_rx.await;

@@ -39,7 +39,7 @@ use crate::coalesce::Coalesced;
 use crate::tls::SharedTlsConfig;
 
 /// How connections are accepted and served.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub(crate) struct Settings {
     /// Streams one connection may have open at once.
     pub max_concurrent_streams: u32,
@@ -52,6 +52,8 @@ pub(crate) struct Settings {
     pub handshake_timeout: Duration,
     /// How long a connection with no open stream is kept.
     pub idle_timeout: Duration,
+    /// Where connections, refusals and failed handshakes are counted.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// The HTTP/2 client preface every gRPC connection starts with.
@@ -188,12 +190,14 @@ impl Server {
                 }
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
+                server.settings.metrics.refused();
                 if refusals.hit() {
                     tracing::warn!(%peer, refused = refusals.take(), limit = server.settings.max_connections,
                         "connection refused: at --max-connections");
                 }
                 continue;
             };
+            server.settings.metrics.connection();
             let server = server.clone();
             tokio::spawn(async move {
                 server.connection(tcp, peer).await;
@@ -212,8 +216,14 @@ impl Server {
         let acceptor = crate::tls::acceptor(tls);
         match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => self.http2(Watched::new(stream)).await,
-            Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {e}"),
-            Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+            Ok(Err(e)) => {
+                self.settings.metrics.handshake_failed(Some(&e));
+                tracing::info!(%peer, "TLS handshake failed: {e}")
+            }
+            Err(_) => {
+                self.settings.metrics.handshake_failed(None);
+                tracing::info!(%peer, "TLS handshake timed out")
+            }
         }
     }
 

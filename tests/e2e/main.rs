@@ -4,6 +4,7 @@ mod client;
 
 mod hardening;
 mod health;
+mod metrics;
 mod ports;
 mod query;
 mod register;

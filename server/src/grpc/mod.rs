@@ -11,15 +11,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::pb::{self, registry_server::Registry as RegistryApi};
+use std::time::Instant;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+
+use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_health::pb::health_server::Health;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::auth::Auth;
+use crate::metrics::{Method, Metrics};
 use crate::registry::{Registry, RegistryError};
 pub(crate) use status::reject;
 
@@ -38,24 +41,28 @@ pub struct RegistryService {
     max_watchers: usize,
     /// Flips to true when the server shuts down, to end long streams.
     stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl RegistryService {
     /// The service over a registry, checking callers with `auth`, with at
     /// most `max_watchers` Watch streams at once; `stop` ends streams at
-    /// shutdown.
+    /// shutdown; every RPC is counted in `metrics`, and the Watch streams
+    /// open in `watchers`.
     pub fn new(
         registry: Registry,
         auth: Arc<Auth>,
-        max_watchers: usize,
+        (max_watchers, watchers): (usize, Arc<AtomicUsize>),
         stop: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         RegistryService {
             registry,
             auth,
-            watchers: Arc::default(),
+            watchers,
             max_watchers,
             stop,
+            metrics,
         }
     }
 }
@@ -144,15 +151,17 @@ fn get_deadline<T>(request: &Request<T>, timeout_ms: u64) -> Option<Duration> {
     }
 }
 
-#[tonic::async_trait]
-impl RegistryApi for RegistryService {
-    type HeartbeatStream = Stopping<pb::HeartbeatResponse>;
-    type WatchStream = Stopping<pb::WatchEvent>;
+impl RegistryService {
+    /// Counts an RPC's answer.
+    fn observe<T>(&self, method: Method, started: Instant, answer: &Result<T, Status>) {
+        let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.metrics.rpc(method, code, started.elapsed());
+    }
 
-    async fn heartbeat(
+    async fn heartbeat_call(
         &self,
         request: Request<Streaming<pb::HeartbeatRequest>>,
-    ) -> Result<Response<Self::HeartbeatStream>, Status> {
+    ) -> Result<Response<Stopping<pb::HeartbeatResponse>>, Status> {
         let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Heartbeat", true)?;
         let stream =
@@ -160,7 +169,7 @@ impl RegistryApi for RegistryService {
         Ok(Response::new(until_stop(stream, &self.stop)))
     }
 
-    async fn register(
+    async fn register_call(
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
@@ -177,7 +186,7 @@ impl RegistryApi for RegistryService {
         }))
     }
 
-    async fn update(
+    async fn update_call(
         &self,
         request: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateResponse>, Status> {
@@ -194,7 +203,7 @@ impl RegistryApi for RegistryService {
         }))
     }
 
-    async fn free(
+    async fn free_call(
         &self,
         request: Request<pb::FreeRequest>,
     ) -> Result<Response<pb::FreeResponse>, Status> {
@@ -211,7 +220,7 @@ impl RegistryApi for RegistryService {
         }))
     }
 
-    async fn query(
+    async fn query_call(
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
@@ -229,7 +238,7 @@ impl RegistryApi for RegistryService {
         }))
     }
 
-    async fn get(
+    async fn get_call(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
@@ -261,10 +270,10 @@ impl RegistryApi for RegistryService {
         }))
     }
 
-    async fn watch(
+    async fn watch_call(
         &self,
         request: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    ) -> Result<Response<Stopping<pb::WatchEvent>>, Status> {
         let peer = request.remote_addr();
         self.auth.caller(&request, "Watch", false)?;
         let r = request.into_inner();
@@ -289,5 +298,82 @@ impl RegistryApi for RegistryService {
                 Ok(convert::watch_event(event))
             });
         Ok(Response::new(until_stop(events, &self.stop)))
+    }
+}
+
+/// Each RPC, counted with the code it answers and the time it took.
+#[tonic::async_trait]
+impl RegistryApi for RegistryService {
+    type HeartbeatStream = Stopping<pb::HeartbeatResponse>;
+    type WatchStream = Stopping<pb::WatchEvent>;
+
+    async fn heartbeat(
+        &self,
+        request: Request<Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        let started = Instant::now();
+        let answer = self.heartbeat_call(request).await;
+        self.observe(Method::Heartbeat, started, &answer);
+        answer
+    }
+
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let started = Instant::now();
+        let answer = self.register_call(request).await;
+        self.observe(Method::Register, started, &answer);
+        answer
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::UpdateResponse>, Status> {
+        let started = Instant::now();
+        let answer = self.update_call(request).await;
+        self.observe(Method::Update, started, &answer);
+        answer
+    }
+
+    async fn free(
+        &self,
+        request: Request<pb::FreeRequest>,
+    ) -> Result<Response<pb::FreeResponse>, Status> {
+        let started = Instant::now();
+        let answer = self.free_call(request).await;
+        self.observe(Method::Free, started, &answer);
+        answer
+    }
+
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        let started = Instant::now();
+        let answer = self.query_call(request).await;
+        self.observe(Method::Query, started, &answer);
+        answer
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let started = Instant::now();
+        let answer = self.get_call(request).await;
+        self.observe(Method::Get, started, &answer);
+        answer
+    }
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let started = Instant::now();
+        let answer = self.watch_call(request).await;
+        self.observe(Method::Watch, started, &answer);
+        answer
     }
 }

@@ -1,0 +1,160 @@
+//! /metrics on the admin port, read as Prometheus reads it.
+
+use std::collections::HashMap;
+
+use seaport::pb;
+use seaport_testkit::{PATIENCE, TestServer, eventually, open, register, test_config};
+
+/// The admin port's /metrics, parsed by a Prometheus text-format parser.
+async fn scrape(admin: std::net::SocketAddr) -> prometheus_parse::Scrape {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: prometheus\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
+}
+
+/// The value of `name` with exactly `labels`, if scraped.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: HashMap<&str, &str> = labels.iter().copied().collect();
+    scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == name
+                && s.labels.len() == want.len()
+                && want.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+#[tokio::test]
+async fn metrics_count_rpcs_sessions_registrations_and_waiters() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let server = TestServer::serve(listener, Some(admin), test_config());
+    let mut client = server.client().await;
+    let session = open(&mut client, 10_000).await;
+    register(&mut client, &session, "web@1.0.0").await;
+    let refused = client
+        .register(pb::RegisterRequest {
+            session_id: session.id.clone(),
+            role: "Bad Name".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(refused.is_err());
+    let mut watch = client
+        .watch(pb::WatchRequest {
+            pattern: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap();
+    let mut waiting = client.clone();
+    let get = tokio::spawn(async move {
+        waiting
+            .get(pb::GetRequest {
+                pattern: "db".into(),
+                ..Default::default()
+            })
+            .await
+    });
+
+    eventually("the Get to wait", async || {
+        value(&scrape(admin_addr).await, "seaport_get_waiters", &[]) == Some(1.0)
+    })
+    .await;
+    let metrics = scrape(admin_addr).await;
+    let ok = |method| {
+        value(
+            &metrics,
+            "seaport_rpcs_total",
+            &[("method", method), ("code", "Ok")],
+        )
+    };
+    assert_eq!(ok("Register"), Some(1.0));
+    assert_eq!(ok("Heartbeat"), Some(1.0));
+    assert_eq!(ok("Watch"), Some(1.0));
+    assert_eq!(
+        value(
+            &metrics,
+            "seaport_rpcs_total",
+            &[("method", "Register"), ("code", "InvalidArgument")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "seaport_rpc_duration_seconds_count",
+            &[("method", "Register")]
+        ),
+        Some(2.0)
+    );
+    // The session, and the server's own.
+    assert_eq!(value(&metrics, "seaport_sessions_open", &[]), Some(2.0));
+    assert_eq!(
+        value(&metrics, "seaport_sessions_opened_total", &[]),
+        Some(1.0)
+    );
+    // web, and the server's own seaport@ registration.
+    assert_eq!(
+        value(
+            &metrics,
+            "seaport_registrations",
+            &[("namespace", "default")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(value(&metrics, "seaport_watchers", &[]), Some(1.0));
+    assert!(value(&metrics, "seaport_connections_total", &[]) >= Some(1.0));
+    assert_eq!(
+        value(&metrics, "seaport_port_range_size", &[]),
+        Some(55536.0)
+    );
+    let held: f64 = metrics
+        .samples
+        .iter()
+        .filter(|s| s.metric == "seaport_ports_held")
+        .filter_map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) => Some(v),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(held, 2.0, "web's port and the server's own");
+
+    session.close().await;
+    let metrics = scrape(admin_addr).await;
+    assert_eq!(
+        value(&metrics, "seaport_sessions_closed_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "seaport_registrations",
+            &[("namespace", "default")]
+        ),
+        Some(1.0)
+    );
+    get.abort();
+}
