@@ -19,12 +19,31 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  health: the server is not SERVING
-  2  usage error: a bad flag, role, pattern or duration
+  2  usage error: a bad flag, role, pattern, duration, address or TLS file
   3  the server refused the request (its message says why)
   4  timed out (get --timeout)
-  5  no server reachable
+  5  no server reachable: no TCP connection to any --server
   6  register: an admin freed the registration (COMMAND is stopped)
+  7  TLS failed: a certificate not trusted, expired or for another name,
+     or TLS on one side only (the message gives the TLS library's reason)
+  8  the server needs a client certificate for this: give --cert and --key
+  9  not allowed: the registration is another's, or the policy forbids it
   register -- COMMAND exits with COMMAND's own exit code";
+
+/// A bad flag, role, pattern, duration, address or TLS file.
+const EXIT_USAGE: u8 = 2;
+/// The server refused the request; its message says why.
+const EXIT_REFUSED: u8 = 3;
+/// `get --timeout` passed.
+const EXIT_TIMEOUT: u8 = 4;
+/// No TCP connection to any server.
+const EXIT_UNREACHABLE: u8 = 5;
+/// TLS failed after TCP connected.
+const EXIT_TLS: u8 = 7;
+/// UNAUTHENTICATED: the call needs a client certificate.
+const EXIT_UNAUTHENTICATED: u8 = 8;
+/// PERMISSION_DENIED: not this caller's to change, or the policy forbids it.
+const EXIT_DENIED: u8 = 9;
 
 /// Seaport's command line: register services, find them, wait for them, watch them.
 #[derive(Parser, Debug)]
@@ -95,21 +114,24 @@ enum Command {
     },
     /// Print every service, grouped by name and version.
     Show,
-    /// Free a registration by id (its owner's identity, or an admin's, under mTLS).
+    /// Free a registration by id: only its own process may, or under mTLS its owner's identity or an admin.
     Free {
         /// The registration's id.
         id: String,
     },
-    /// Change a registration's metadata (its owner's identity, under mTLS).
+    /// Change a registration's metadata: only its own process may, or under mTLS its owner's identity.
     Update {
         /// The registration's id.
         id: String,
         /// Metadata, KEY=VALUE; repeatable.
-        #[arg(long = "meta", value_parser = parse_meta, required = true)]
+        #[arg(long = "meta", value_parser = parse_meta, required_unless_present = "remove")]
         meta: Vec<(String, String)>,
         /// Merge into the existing metadata instead of replacing it.
         #[arg(long)]
         merge: bool,
+        /// Remove KEY from the metadata; repeatable; implies --merge.
+        #[arg(long = "remove", value_name = "KEY")]
+        remove: Vec<String>,
     },
     /// Development certificates.
     #[command(subcommand)]
@@ -207,13 +229,16 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::Role(_) => 2,
-            Error::Status {
-                code: Code::DeadlineExceeded,
-                ..
-            } => 4,
-            Error::Status { .. } | Error::Convert(_) | Error::Bind { .. } => 3,
-            Error::Unavailable(_) | Error::Transport(_) | Error::Closed => 5,
+            Error::Role(_) | Error::Transport(_) | Error::Settings(_) => EXIT_USAGE,
+            Error::Status { code, .. } => match code {
+                Code::DeadlineExceeded => EXIT_TIMEOUT,
+                Code::Unauthenticated => EXIT_UNAUTHENTICATED,
+                Code::PermissionDenied => EXIT_DENIED,
+                _ => EXIT_REFUSED,
+            },
+            Error::Convert(_) | Error::Bind { .. } => EXIT_REFUSED,
+            Error::Unavailable(_) | Error::Closed => EXIT_UNREACHABLE,
+            Error::Tls { .. } => EXIT_TLS,
         };
         let message = match &e {
             Error::Unavailable(addresses) => {
@@ -221,15 +246,37 @@ impl From<Error> for Failure {
                     "no Seaport server reachable at {addresses}; start one with `seaportd --listen ADDRESS` or pass --server"
                 )
             }
+            Error::Transport(_) | Error::Settings(_) => {
+                format!("{e}; check --server, --ca, --cert and --key")
+            }
+            // Their own exit codes say what kind of refusal they are.
+            Error::Status {
+                code: Code::Unauthenticated | Code::PermissionDenied,
+                message,
+            } => message.clone(),
             other => other.to_string(),
         };
         Failure { code, message }
     }
 }
 
+/// `free` or `update` refused because the registration is another's:
+/// says who may change it.
+fn not_yours(cli: &Cli, e: Error) -> Failure {
+    let mut failure = Failure::from(e);
+    if failure.code == EXIT_DENIED && cli.cert.is_none() {
+        failure.message.push_str(
+            ". Without mTLS only the process that registered it, through its own session, may update or free it \
+             (stop that process and its registrations are freed with its session); \
+             under mTLS (seaportd --client-ca) so may a certificate of its owner's identity, and an admin's may free it",
+        );
+    }
+    failure
+}
+
 fn read(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| Failure {
-        code: 2,
+        code: EXIT_USAGE,
         message: format!("{flag} {}: {e}", path.display()),
     })
 }
@@ -310,7 +357,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             days,
         }) => certs_init(dir, server_names, clients, *days),
         Command::Free { id } => free(&cli, id).await,
-        Command::Update { id, meta, merge } => update(&cli, id, meta, *merge).await,
+        Command::Update {
+            id,
+            meta,
+            merge,
+            remove,
+        } => update(&cli, id, meta, *merge, remove).await,
         Command::Show => show(&cli).await,
     }
 }
@@ -331,7 +383,7 @@ async fn register(cli: &Cli, args: &RegisterArgs) -> Result<u8, Failure> {
     } = args;
     if command.is_empty() && port.is_none() {
         return Err(Failure {
-            code: 2,
+            code: EXIT_USAGE,
             message: "give a COMMAND after `--` to run, or --port of an existing service".into(),
         });
     }
@@ -389,7 +441,7 @@ async fn get(
             .await
             .map_err(|e| match e.code() {
                 Some(Code::DeadlineExceeded) => Failure {
-                    code: 4,
+                    code: EXIT_TIMEOUT,
                     message: format!("nothing matched {pattern:?} within {}ms", t.as_millis()),
                 },
                 _ => e.into(),
@@ -441,23 +493,29 @@ fn certs_init(
 /// Frees a registration by id.
 async fn free(cli: &Cli, id: &str) -> Result<u8, Failure> {
     let client = connect(cli).await?;
-    let freed = client.free(id).await?;
+    let freed = client.free(id).await.map_err(|e| not_yours(cli, e))?;
     println!("freed {} {} {}", freed.role(), freed.address(), freed.id);
     client.close().await;
     Ok(0)
 }
 
-/// Replaces or merges a registration's metadata.
+/// Replaces or merges a registration's metadata, removing the keys in
+/// `remove` (which implies merging).
 async fn update(
     cli: &Cli,
     id: &str,
     meta: &[(String, String)],
     merge: bool,
+    remove: &[String],
 ) -> Result<u8, Failure> {
     let client = connect(cli).await?;
-    let updated = client
-        .update(id, meta.iter().cloned().collect(), merge)
-        .await?;
+    let meta = meta.iter().cloned().collect();
+    let updated = if remove.is_empty() {
+        client.update(id, meta, merge).await
+    } else {
+        client.merge_metadata(id, meta, remove).await
+    }
+    .map_err(|e| not_yours(cli, e))?;
     println!("{}", output::services(&[updated], cli.output, false));
     client.close().await;
     Ok(0)
@@ -482,14 +540,14 @@ async fn health(cli: &Cli, service: &str) -> Result<u8, Failure> {
         .health(service)
         .await
         .map_err(|e| match e {
-            Error::Transport(e) => Failure {
-                code: 5,
+            Error::Unavailable(detail) => Failure {
+                code: EXIT_UNREACHABLE,
                 message: format!(
-                    "no Seaport server reachable at {address} ({e}); start one with `seaportd --listen {address}`"
+                    "no Seaport server reachable at {detail}; start one with `seaportd --listen {address}`"
                 ),
             },
             Error::Status { message, .. } => Failure {
-                code: 3,
+                code: EXIT_REFUSED,
                 message: format!("health check of {service:?}: {message}"),
             },
             other => other.into(),

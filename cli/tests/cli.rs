@@ -349,7 +349,7 @@ async fn completions_are_printed_for_bash() {
 }
 
 #[tokio::test]
-async fn free_and_update_of_another_sessions_registration_are_refused_with_exit_3() {
+async fn free_and_update_of_another_processs_registration_are_refused_and_explained() {
     let server = TestServer::start().await;
     let owner = client(server.addr).await;
     let web = owner
@@ -361,12 +361,14 @@ async fn free_and_update_of_another_sessions_registration_are_refused_with_exit_
         vec!["update", web.id(), "--meta", "zone=b"],
     ] {
         let out = run(server.addr, &args).await;
-        assert_eq!(out.status.code(), Some(3), "{args:?}");
-        assert!(
-            stderr(&out).contains("belongs to another session"),
-            "{}",
-            stderr(&out)
-        );
+        assert_eq!(out.status.code(), Some(9), "{args:?}: {}", stderr(&out));
+        for says in [
+            "belongs to another session",
+            "only the process that registered it",
+            "under mTLS",
+        ] {
+            assert!(stderr(&out).contains(says), "{}", stderr(&out));
+        }
     }
     assert_eq!(
         owner.query("web").await.unwrap().len(),

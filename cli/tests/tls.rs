@@ -253,31 +253,39 @@ async fn reads_can_require_a_certificate_too() {
     assert!(alice.query(query("")).await.is_ok());
 }
 
+/// An expired client certificate for `who`, signed by `dir`'s CA.
+fn expired_client(dir: &Path, who: &str) {
+    let ca_key =
+        rcgen::KeyPair::from_pem(&String::from_utf8(pem(dir, "ca-key.pem")).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&String::from_utf8(pem(dir, "ca.pem")).unwrap(), ca_key)
+            .unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, who);
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(
+        dir.join(format!("client-{who}.pem")),
+        params.signed_by(&key, &issuer).unwrap().pem(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(format!("client-{who}-key.pem")),
+        key.serialize_pem(),
+    )
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_certificate_from_another_ca_or_expired_fails_the_handshake() {
     let dir = tempdir("ca");
     let other = tempdir("other");
     certs(&dir.0, &["alice"]).await;
     certs(&other.0, &["mallory"]).await;
-    // An expired certificate for "late", signed by the right CA.
-    let ca_key =
-        rcgen::KeyPair::from_pem(&String::from_utf8(pem(&dir.0, "ca-key.pem")).unwrap()).unwrap();
-    let issuer =
-        rcgen::Issuer::from_ca_cert_pem(&String::from_utf8(pem(&dir.0, "ca.pem")).unwrap(), ca_key)
-            .unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "late");
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    let key = rcgen::KeyPair::generate().unwrap();
-    std::fs::write(
-        dir.0.join("client-late.pem"),
-        params.signed_by(&key, &issuer).unwrap().pem(),
-    )
-    .unwrap();
-    std::fs::write(dir.0.join("client-late-key.pem"), key.serialize_pem()).unwrap();
+    expired_client(&dir.0, "late");
 
     let server = server(&dir.0, dir.0.join("ca.pem"), None, false).await;
     for (certs_dir, who) in [(&other.0, "mallory"), (&dir.0, "late")] {
@@ -650,4 +658,294 @@ async fn seaportctl_register_stops_its_command_when_an_admin_frees_it() {
         "its command was stopped"
     );
     assert!(ops.query("web").await.unwrap().is_empty());
+}
+
+/// seaportctl's stdout and stderr, for assertion messages.
+fn said(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// seaportctl with `--server server --ca ca` and `args`.
+async fn seaportctl_ca(server: SocketAddr, ca: &Path, args: &[&str]) -> Output {
+    let mut all = vec![
+        "--server".to_string(),
+        server.to_string(),
+        "--ca".into(),
+        ca.display().to_string(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    seaportctl(&all.iter().map(String::as_str).collect::<Vec<_>>()).await
+}
+
+#[tokio::test]
+async fn reads_need_no_certificate_and_open_no_session() {
+    let logs = seaport_testkit::Logs::capture();
+    let dir = tempdir("reads-only");
+    certs(&dir.0, &["alice"]).await;
+    let server = server(&dir.0, dir.0.join("ca.pem"), None, false).await;
+    let alice = client(server.addr, &dir.0, "alice").await;
+    let web = alice
+        .register(
+            "web@1.2.3",
+            RegisterOptions::default().port(8080).meta("zone", "a"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(logs.count("session opened"), 1, "alice's");
+    let ca = dir.0.join("ca.pem");
+
+    // As the README's example has it: reads need no certificate.
+    let query = seaportctl_ca(server.addr, &ca, &["query", "web", "--addresses"]).await;
+    assert_eq!(query.status.code(), Some(0), "{}", said(&query));
+    assert_eq!(String::from_utf8_lossy(&query.stdout), "127.0.0.1:8080\n");
+    let get = seaportctl_ca(server.addr, &ca, &["get", "web@1.2.x", "--timeout", "5s"]).await;
+    assert_eq!(get.status.code(), Some(0), "{}", said(&get));
+    assert!(String::from_utf8_lossy(&get.stdout).contains(web.id()));
+    let show = seaportctl_ca(server.addr, &ca, &["show"]).await;
+    assert_eq!(show.status.code(), Some(0), "{}", said(&show));
+
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_seaportctl"))
+        .args(["--server", &server.addr.to_string(), "--ca"])
+        .arg(&ca)
+        .args(["watch", "web"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    let existing = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("a line in time")
+        .unwrap()
+        .expect("watch prints the service");
+    assert!(
+        existing.contains(" existing web@1.2.3 127.0.0.1:8080 "),
+        "{existing}"
+    );
+    web.free().await.unwrap();
+    let freed = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("a line in time")
+        .unwrap()
+        .expect("watch prints the free");
+    assert!(freed.contains(" freed web@1.2.3 "), "{freed}");
+    watch.kill().await.unwrap();
+
+    // With a certificate too, reads open no session.
+    let as_alice = seaportctl_as(server.addr, &dir.0, "alice", &["query"]).await;
+    assert_eq!(as_alice.status.code(), Some(0), "{}", said(&as_alice));
+    assert_eq!(
+        logs.count("session opened"),
+        1,
+        "still only alice's: {}",
+        logs.text()
+    );
+}
+
+#[tokio::test]
+async fn a_write_without_a_certificate_is_refused_at_once_with_exit_8() {
+    let dir = tempdir("nocert-write");
+    certs(&dir.0, &["alice"]).await;
+    let server = server(&dir.0, dir.0.join("ca.pem"), None, false).await;
+    let ca = dir.0.join("ca.pem");
+    let out = seaportctl_ca(
+        server.addr,
+        &ca,
+        &["register", "web@1.0.0", "--port", "8080"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(8), "{}", said(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("needs a client certificate") && stderr.contains("--cert and --key"),
+        "{stderr}"
+    );
+    let out = seaportctl_ca(server.addr, &ca, &["free", "some-id"]).await;
+    assert_eq!(out.status.code(), Some(8), "{}", said(&out));
+
+    // The client: reads work, and the write's refusal comes at once, not
+    // after its request timeout.
+    let anon = SeaportClient::builder()
+        .endpoint(server.addr.to_string())
+        .ca_pem(pem(&dir.0, "ca.pem"))
+        .request_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap();
+    assert!(anon.query("").await.is_ok());
+    let started = tokio::time::Instant::now();
+    let refused = anon
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(Code::Unauthenticated), "{refused}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(anon.query("").await.is_ok(), "reads go on");
+}
+
+#[tokio::test]
+async fn reads_refused_without_a_certificate_exit_8_and_end_a_watch() {
+    let dir = tempdir("reads-refused");
+    certs(&dir.0, &[]).await;
+    let server = server(&dir.0, dir.0.join("ca.pem"), None, true).await;
+    let ca = dir.0.join("ca.pem");
+    for args in [vec!["query"], vec!["get", "web"], vec!["watch"]] {
+        let out = seaportctl_ca(server.addr, &ca, &args).await;
+        assert_eq!(out.status.code(), Some(8), "{args:?}: {}", said(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("needs a client certificate"),
+            "{}",
+            said(&out)
+        );
+    }
+}
+
+#[tokio::test]
+async fn tls_failures_name_their_cause_and_exit_7() {
+    let dir = tempdir("tls-causes");
+    let other = tempdir("tls-other");
+    certs(&dir.0, &["alice"]).await;
+    certs(&other.0, &["mallory"]).await;
+    let tls = server(&dir.0, dir.0.join("ca.pem"), None, false).await;
+    let plain = TestServer::start().await;
+
+    let expect = |out: &Output, says: &[&str]| {
+        assert_eq!(out.status.code(), Some(7), "{}", said(out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("seaportctl: TLS with "), "{stderr}");
+        for s in says {
+            assert!(stderr.contains(s), "{s:?} in {stderr}");
+        }
+        assert!(!stderr.contains("no Seaport server reachable"), "{stderr}");
+    };
+    // Another CA than the one that signed the server's certificate.
+    let out = seaportctl_ca(tls.addr, &other.0.join("ca.pem"), &["query"]).await;
+    expect(
+        &out,
+        &[
+            "invalid peer certificate",
+            "give the CA that signed it (--ca)",
+        ],
+    );
+    // Plaintext to the TLS port, and TLS to a plaintext one.
+    let out = seaportctl(&["--server", &tls.addr.to_string(), "query"]).await;
+    expect(&out, &["give the CA that signed its certificate (--ca)"]);
+    let out = seaportctl_ca(plain.addr, &dir.0.join("ca.pem"), &["query"]).await;
+    expect(&out, &["drop --ca"]);
+    // An address the server's certificate does not name.
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let elsewhere = server_on(listener, &dir.0, dir.0.join("ca.pem"), None, false).await;
+    let out = seaportctl_ca(elsewhere.addr, &dir.0.join("ca.pem"), &["query"]).await;
+    expect(&out, &["not valid for name", "--server-name"]);
+    // A client certificate of another CA, and an expired one: the server's
+    // alert says which.
+    let mut as_mallory = as_identity(tls.addr, &other.0, "mallory");
+    as_mallory[3] = dir.0.join("ca.pem").display().to_string();
+    as_mallory.push("query".into());
+    let out = seaportctl(&as_mallory.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    expect(
+        &out,
+        &[
+            "received fatal alert",
+            "the server refused this client's certificate",
+        ],
+    );
+    expired_client(&dir.0, "late");
+    let out = seaportctl_as(tls.addr, &dir.0, "late", &["query"]).await;
+    expect(
+        &out,
+        &["received fatal alert: CertificateExpired", "has expired"],
+    );
+}
+
+#[tokio::test]
+async fn no_server_at_all_is_exit_5_with_no_server_reachable() {
+    let dir = tempdir("none");
+    certs(&dir.0, &[]).await;
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // Each waits out its connect timeout (2s, twice): together.
+    let (address, ca) = (unused.to_string(), dir.0.join("ca.pem"));
+    let plain_args = ["--server", &address, "query"];
+    let (plain, tls) = tokio::join!(
+        seaportctl(&plain_args),
+        seaportctl_ca(unused, &ca, &["query"]),
+    );
+    for out in [plain, tls] {
+        assert_eq!(out.status.code(), Some(5), "{}", said(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains(&format!("no Seaport server reachable at {unused} (")),
+            "{}",
+            said(&out)
+        );
+    }
+}
+
+#[tokio::test]
+async fn update_remove_takes_keys_out_and_keeps_the_rest() {
+    let dir = tempdir("remove");
+    certs(&dir.0, &["alice"]).await;
+    let server = server(&dir.0, dir.0.join("ca.pem"), None, false).await;
+    let alice = client(server.addr, &dir.0, "alice").await;
+    let web = alice
+        .register(
+            "web@1.0.0",
+            RegisterOptions::default()
+                .meta("zone", "a")
+                .meta("team", "x")
+                .meta("tier", "1"),
+        )
+        .await
+        .unwrap();
+    let out = seaportctl_as(
+        server.addr,
+        &dir.0,
+        "alice",
+        &[
+            "update",
+            web.id(),
+            "--remove",
+            "team",
+            "--remove",
+            "tier",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed[0]["metadata"], serde_json::json!({"zone": "a"}));
+    let out = seaportctl_as(
+        server.addr,
+        &dir.0,
+        "alice",
+        &[
+            "update",
+            web.id(),
+            "--remove",
+            "zone",
+            "--meta",
+            "owner=ops",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let now = alice.query("web").await.unwrap();
+    assert_eq!(
+        now[0].metadata.iter().collect::<Vec<_>>(),
+        [(&"owner".to_string(), &"ops".to_string())]
+    );
+    let neither = seaportctl_as(server.addr, &dir.0, "alice", &["update", web.id()]).await;
+    assert_eq!(neither.status.code(), Some(2), "{}", said(&neither));
 }

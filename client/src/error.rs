@@ -13,13 +13,29 @@ pub enum Error {
         /// The server's message, which says what to fix.
         message: String,
     },
-    /// A connection could not be made.
+    /// A connection could not be set up.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The client's settings cannot work: an address that is not
+    /// `host:port`, or TLS files that do not hold what they should.
+    #[error("unusable settings: {0}")]
+    Settings(String),
+    /// A TCP connection was made but TLS failed: a certificate the other
+    /// side does not trust, an expired one, a name the server's certificate
+    /// does not list, or one side speaking TLS and the other not. The
+    /// reason is the TLS library's, with what to fix.
+    #[error("TLS with {server} failed: {reason}")]
+    Tls {
+        /// The server's address.
+        server: String,
+        /// Why, and what to fix.
+        reason: String,
+    },
     /// A role or pattern is malformed (caught before sending).
     #[error(transparent)]
     Role(#[from] seaport::RoleError),
-    /// No configured or learned server answered in time.
+    /// No TCP connection could be made to any configured or learned server
+    /// in time; the text lists each address with the reason.
     #[error("no Seaport server reachable at {0}; is seaportd running there?")]
     Unavailable(String),
     /// The server sent a record that does not make a valid service.

@@ -1,7 +1,10 @@
 //! `SeaportClient`: the Rust client of the Seaport registry.
 //!
-//! One client holds one session, kept alive in the background across
-//! reconnects, server restarts and failover; registrations made through it
+//! A client keeps a connection to one of its servers, failing over to the
+//! next when it breaks. Reads (query, get, watch, catalog) need nothing
+//! more. The first write (register, bind, update, free) opens a session,
+//! which the client then holds in the background across reconnects, server
+//! restarts and failover until it closes; registrations made through it
 //! are re-asserted (same ids, hosts and ports) whenever the server has
 //! forgotten them. It speaks domain types ([`Service`], [`Registration`],
 //! [`Event`]), never generated ones.
@@ -20,6 +23,7 @@
 //! ```
 
 mod catalog;
+mod connect;
 mod error;
 mod registration;
 mod session;
@@ -42,21 +46,32 @@ pub use seaport::EventKind;
 pub use seaport::{Pattern, Range, Role, Service};
 pub use watch::{Event, WatchStream};
 
-use session::{Conn, Shared};
+use session::{Conn, Shared, Want};
 
 /// How many ports `bind` tries before giving up.
 const BIND_ATTEMPTS: usize = 5;
+
+/// Codes that asking again would not change: the caller must fix
+/// something first (a malformed request, a missing certificate, an
+/// identity that may not do this).
+pub(crate) fn is_final(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(code, InvalidArgument | Unauthenticated | PermissionDenied)
+}
 
 /// What happens to the client's connection and session, for logging or
 /// reacting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientEvent {
-    /// A session is held through `server`, which sees this client at
-    /// `observed_host`.
+    /// The client is connected to `server` again (after a
+    /// `Disconnected`), holding its session there if it has one. Told once
+    /// per connection; the first one is made before `connect` returns.
     Connected {
         /// The server's address.
         server: String,
-        /// The client's address as the server sees it.
+        /// The client's address as the server sees it; empty when the
+        /// client holds no session (the server tells it when a session
+        /// opens).
         observed_host: String,
     },
     /// The connection to `server` was lost; the client is reconnecting.
@@ -169,14 +184,15 @@ impl Builder {
         self
     }
 
-    /// How long to wait for a connection (and, at `connect`, for the first
-    /// session).
+    /// How long to wait for a TCP connection, and for TLS over it; twice
+    /// this for `connect` to find a server that answers.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.options.connect_timeout = timeout;
         self
     }
 
-    /// How long a call waits for a session while the client reconnects.
+    /// How long a call waits for a connection (a write: for its session)
+    /// while the client reconnects.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.options.request_timeout = timeout;
         self
@@ -217,38 +233,61 @@ impl Builder {
             .endpoints
             .first()
             .ok_or_else(|| Error::Unavailable("no endpoint configured".into()))?;
-        let endpoint = session::endpoint(&self.options, server).map_err(Error::Unavailable)?;
-        let channel = endpoint.connect().await?;
-        let reply = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: service.to_string(),
-            })
-            .await?;
-        Ok(reply.into_inner().status() == ServingStatus::Serving)
+        connect::endpoint(&self.options, server)?;
+        let connector = connect::Connector::new(&self.options)?;
+        let request = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        let check = |channel| async move { HealthClient::new(channel).check(request).await };
+        let (_, _, answer) = connect::connect(&connector, &self.options, server, check)
+            .await
+            .map_err(|trouble| trouble.error(server))?;
+        Ok(answer?.into_inner().status() == ServingStatus::Serving)
     }
 
-    /// Connects and opens the session; fails when no server answers within
-    /// the connect timeout (a few tries across the endpoints).
+    /// Connects to a server that answers, trying the endpoints in turn for
+    /// up to twice the connect timeout, and opens no session (the first
+    /// write does). Fails at once when every endpoint refuses TLS, which
+    /// waiting would not mend; otherwise, in time, with why each failed.
     pub async fn connect(self) -> Result<SeaportClient> {
         if self.endpoints.is_empty() {
             return Err(Error::Unavailable("no endpoint configured".into()));
         }
+        // Settings that cannot work (a malformed address, unreadable PEM)
+        // fail here rather than as a timeout.
+        for server in &self.endpoints {
+            connect::endpoint(&self.options, server)?;
+        }
+        let connector = connect::Connector::new(&self.options)?;
         let wait = self.options.connect_timeout * 2;
-        let shared = Arc::new(Shared::new(self.options, self.endpoints));
+        let shared = Arc::new(Shared::new(self.options, self.endpoints, connector));
         let task = tokio::spawn(session::run(shared.clone()));
         let life = Life {
             shared: shared.clone(),
             task: std::sync::Mutex::new(Some(task)),
         };
+        // Dropping the client on an error stops its task.
         let client = SeaportClient {
             shared,
             life: Arc::new(life),
         };
         let mut conn = client.shared.conn.subscribe();
-        match tokio::time::timeout(wait, conn.wait_for(Option::is_some)).await {
-            Ok(Ok(_)) => Ok(client),
-            // Dropping the client stops its session task.
-            _ => Err(Error::Unavailable(client.shared.endpoints().join(", "))),
+        let mut troubles = client.shared.troubles();
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = conn.wait_for(Option::is_some) => return Ok(client),
+                changed = troubles.changed() => {
+                    if let Some(e) = client.shared.all_refuse_tls() {
+                        return Err(e);
+                    }
+                    if changed.is_err() {
+                        return Err(Error::Closed);
+                    }
+                }
+                _ = &mut deadline => return Err(client.shared.stuck()),
+            }
         }
     }
 }
@@ -258,17 +297,14 @@ async fn changed_from(
     rx: &mut tokio::sync::watch::Receiver<Option<Conn>>,
     old: &Conn,
 ) -> Result<()> {
-    let other = |c: &Option<Conn>| {
-        c.as_ref()
-            .is_some_and(|c| c.session_id != old.session_id || c.server != old.server)
-    };
+    let other = |c: &Option<Conn>| c.as_ref().is_some_and(|c| c.number != old.number);
     rx.wait_for(other)
         .await
         .map(|_| ())
         .map_err(|_| Error::Closed)
 }
 
-/// Closes the session when the last client handle is dropped.
+/// Closes the session (if any) when the last client handle is dropped.
 struct Life {
     shared: Arc<Shared>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -280,9 +316,10 @@ impl Drop for Life {
     }
 }
 
-/// A connection to the Seaport registry holding one session. Cheap to
-/// clone; the session ends when the last clone is dropped or on
-/// [`SeaportClient::close`].
+/// A connection to the Seaport registry, holding a session from its first
+/// write on. Cheap to clone; the session ends when the last clone is
+/// dropped or on [`SeaportClient::close`] (not when its last registration
+/// is freed: the next register reuses it).
 #[derive(Clone)]
 pub struct SeaportClient {
     shared: Arc<Shared>,
@@ -313,20 +350,94 @@ impl SeaportClient {
         BroadcastStream::new(self.shared.events.subscribe()).filter_map(|e| e.ok())
     }
 
-    /// The server currently holding the session, if connected.
+    /// The server the client is connected to (and holds its session
+    /// through, once it has one), if connected.
     pub fn server(&self) -> Option<String> {
         self.shared.conn.borrow().as_ref().map(|c| c.server.clone())
     }
 
-    /// The current connection, waiting up to the request timeout while
-    /// the client reconnects.
+    /// The current connection, for reads, waiting up to the request
+    /// timeout while the client reconnects.
     async fn conn(&self) -> Result<Conn> {
         let mut rx = self.shared.conn.subscribe();
         let wait = rx.wait_for(Option::is_some);
         match tokio::time::timeout(self.shared.options.request_timeout, wait).await {
             Ok(Ok(conn)) => Ok(conn.clone().expect("waited for Some")),
             Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(Error::Unavailable(self.shared.endpoints().join(", "))),
+            Err(_) => Err(self.shared.stuck()),
+        }
+    }
+
+    /// The current connection and the session held through it, for
+    /// writes: asks for the session first (the client's first write opens
+    /// it), and waits up to the request timeout for it. A refusal the
+    /// server means (UNAUTHENTICATED, PERMISSION_DENIED) is returned at
+    /// once.
+    async fn session(&self) -> Result<(Conn, String)> {
+        let mut want = self.shared.want.subscribe();
+        self.shared.want.send_if_modified(|w| {
+            let ask = *w != Want::Session;
+            if ask {
+                *w = Want::Session;
+            }
+            ask
+        });
+        let mut conn = self.shared.conn.subscribe();
+        let held = conn.wait_for(|c| c.as_ref().is_some_and(|c| c.session_id.is_some()));
+        let refused = want.wait_for(|w| matches!(w, Want::Refused { .. }));
+        tokio::select! {
+            held = held => {
+                let conn = held.map_err(|_| Error::Closed)?.clone().expect("waited for Some");
+                let id = conn.session_id.clone().expect("waited for a session");
+                Ok((conn, id))
+            }
+            refused = refused => match &*refused.map_err(|_| Error::Closed)? {
+                Want::Refused { code, message } => Err(Error::Status {
+                    code: *code,
+                    message: message.clone(),
+                }),
+                _ => unreachable!("waited for a refusal"),
+            },
+            _ = tokio::time::sleep(self.shared.options.request_timeout) => {
+                Err(self.shared.session_stuck())
+            }
+        }
+    }
+
+    /// What a failed call means: the server's own status, or trouble with
+    /// the connection (reported, so that a client with no session to
+    /// notice it moves to the next server).
+    fn failure(&self, conn: &Conn, status: tonic::Status) -> Error {
+        let tls = self.shared.options.tls.is_some();
+        match connect::status_trouble(&status, &conn.seen, tls, false) {
+            Some(trouble) => {
+                self.shared.report_broken(conn, &trouble);
+                trouble.error(&conn.server)
+            }
+            None => status.into(),
+        }
+    }
+
+    /// Runs the read `call` on the current connection; when the connection
+    /// fails under it, runs it again on the next one, for up to the request
+    /// timeout.
+    async fn read<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(pb::registry_client::RegistryClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.shared.options.request_timeout;
+        loop {
+            let conn = self.conn().await?;
+            let status = match call(conn.rpc.clone()).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) => status,
+            };
+            let error = self.failure(&conn, status);
+            if !matches!(error, Error::Unavailable(_)) || tokio::time::Instant::now() >= deadline {
+                return Err(error);
+            }
+            self.wait_for_new_conn(&conn).await?;
         }
     }
 
@@ -337,9 +448,9 @@ impl SeaportClient {
     /// Registers `role` (`name@1.2.3` or `name`) under this client's session.
     pub async fn register(&self, role: &str, options: RegisterOptions) -> Result<Registration> {
         let role: Role = role.parse()?;
-        let conn = self.conn().await?;
+        let (conn, session_id) = self.session().await?;
         let request = pb::RegisterRequest {
-            session_id: conn.session_id.clone(),
+            session_id,
             role: role.to_string(),
             namespace: options.namespace.unwrap_or_else(|| self.namespace()),
             host: options.host.unwrap_or_default(),
@@ -351,7 +462,8 @@ impl SeaportClient {
             .rpc
             .clone()
             .register(request.clone())
-            .await?
+            .await
+            .map_err(|s| self.failure(&conn, s))?
             .into_inner();
         let service = Service::try_from(reply.service.unwrap_or_default())?;
         let remembered = pb::RegisterRequest {
@@ -406,15 +518,47 @@ impl SeaportClient {
         metadata: BTreeMap<String, String>,
         merge: bool,
     ) -> Result<Service> {
-        let conn = self.conn().await?;
+        self.change_metadata(id, metadata, merge, Vec::new()).await
+    }
+
+    /// Merges `metadata` into a registration's and removes the keys in
+    /// `remove`.
+    pub async fn merge_metadata<I, K>(
+        &self,
+        id: &str,
+        metadata: BTreeMap<String, String>,
+        remove: I,
+    ) -> Result<Service>
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        let remove = remove.into_iter().map(Into::into).collect();
+        self.change_metadata(id, metadata, true, remove).await
+    }
+
+    async fn change_metadata(
+        &self,
+        id: &str,
+        metadata: BTreeMap<String, String>,
+        merge: bool,
+        remove_keys: Vec<String>,
+    ) -> Result<Service> {
+        let (conn, session_id) = self.session().await?;
         let request = pb::UpdateRequest {
-            session_id: conn.session_id,
+            session_id,
             id: id.to_string(),
             metadata: metadata.into_iter().collect(),
             merge,
-            remove_keys: Vec::new(),
+            remove_keys,
         };
-        let reply = conn.rpc.clone().update(request).await?.into_inner();
+        let reply = conn
+            .rpc
+            .clone()
+            .update(request)
+            .await
+            .map_err(|s| self.failure(&conn, s))?
+            .into_inner();
         let service = Service::try_from(reply.service.unwrap_or_default())?;
         if let Some(owned) = self.owned().get_mut(id) {
             owned.metadata = service
@@ -426,11 +570,12 @@ impl SeaportClient {
         Ok(service)
     }
 
-    /// Frees a registration of this client's.
+    /// Frees a registration: this client's own, or, under mTLS, one its
+    /// certificate's identity owns (or any, for an admin).
     pub async fn free(&self, id: &str) -> Result<Service> {
-        let conn = self.conn().await?;
+        let (conn, session_id) = self.session().await?;
         let request = pb::FreeRequest {
-            session_id: conn.session_id,
+            session_id,
             id: id.to_string(),
         };
         let result = conn.rpc.clone().free(request).await;
@@ -440,21 +585,26 @@ impl SeaportClient {
         {
             self.owned().remove(id);
         }
+        let reply = result.map_err(|s| self.failure(&conn, s))?;
         Ok(Service::try_from(
-            result?.into_inner().service.unwrap_or_default(),
+            reply.into_inner().service.unwrap_or_default(),
         )?)
     }
 
     /// The services matching `pattern` (`name`, `name@range` or empty) now.
     pub async fn query(&self, pattern: &str) -> Result<Vec<Service>> {
         let _: Pattern = pattern.parse()?;
-        let conn = self.conn().await?;
         let request = pb::QueryRequest {
             pattern: pattern.into(),
             namespace: self.namespace(),
             ..Default::default()
         };
-        let reply = conn.rpc.clone().query(request).await?.into_inner();
+        let reply = self
+            .read(|mut rpc| {
+                let request = request.clone();
+                async move { rpc.query(request).await }
+            })
+            .await?;
         reply
             .services
             .into_iter()
@@ -512,9 +662,10 @@ impl SeaportClient {
                     ) =>
                 {
                     // The server went away mid-wait: wait on the next one.
+                    let _ = self.failure(&conn, status);
                     self.wait_for_new_conn(&conn).await?;
                 }
-                Err(status) => return Err(status.into()),
+                Err(status) => return Err(self.failure(&conn, status)),
             }
         }
     }
@@ -546,7 +697,8 @@ impl SeaportClient {
         Catalog::start(self.watch(pattern)?).await
     }
 
-    /// Ends the session (freeing its registrations) and stops the client.
+    /// Ends the session, if one was opened (freeing its registrations), and
+    /// stops the client.
     pub async fn close(self) {
         let _ = self.shared.closed.send(true);
         let task = self

@@ -1,7 +1,10 @@
-//! The background task that holds this client's session: it keeps the
-//! Heartbeat stream alive, reconnects with backoff and full jitter, fails
-//! over between servers, resumes the session, and when the server no longer
-//! knows it, opens a new one and re-asserts this client's own registrations.
+//! The background task that holds this client's connection and, once a
+//! write needs one, its session. Reads need no session: until the first
+//! register, bind, update or free the task only keeps a connection to a
+//! server that answers. From then on it keeps the Heartbeat stream alive,
+//! reconnects with backoff and full jitter, fails over between servers,
+//! resumes the session, and when the server no longer knows it, opens a new
+//! one and re-asserts this client's own registrations.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,25 +16,64 @@ use seaport::pb::{
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::{ClientEvent, Options};
+use crate::connect::{self, Connector, Seen, Trouble};
+use crate::{ClientEvent, Error, Options};
 
-/// The live connection and session, as RPCs use them.
+/// The live connection, and the session held through it if any.
 #[derive(Clone, Debug)]
 pub(crate) struct Conn {
     pub(crate) rpc: RegistryClient<Channel>,
-    pub(crate) session_id: String,
     pub(crate) server: String,
+    /// Which connection this is, counted from 1, so that a call that saw
+    /// this one fail can wait for a later one.
+    pub(crate) number: u64,
+    /// The session held through it; none until a write asks for one.
+    pub(crate) session_id: Option<String>,
+    /// The TLS failure its connections last met, if any.
+    pub(crate) seen: Seen,
+}
+
+/// Whether the client wants a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// Reads only: no session.
+    Nothing,
+    /// A write asked for one: hold it from now on.
+    Session,
+    /// The server refused to open one, and asking again would not change
+    /// that (UNAUTHENTICATED, PERMISSION_DENIED); the next write asks again.
+    Refused {
+        /// The server's code.
+        code: Code,
+        /// The server's message, with what the session was for.
+        message: String,
+    },
 }
 
 /// State shared by the client handles and the session task.
 pub(crate) struct Shared {
     pub(crate) options: Options,
+    connector: Connector,
     endpoints: Mutex<Endpoints>,
+    /// The configured servers, as given.
+    configured: Vec<String>,
     /// The current connection; `None` while (re)connecting.
     pub(crate) conn: watch::Sender<Option<Conn>>,
+    /// Whether a write asked for a session; set by the writers, read by
+    /// the task.
+    pub(crate) want: watch::Sender<Want>,
+    /// Why each server failed at its last attempt; a server that works
+    /// again is taken out.
+    troubles: watch::Sender<BTreeMap<String, Trouble>>,
+    /// The number of the latest connection a call found broken, and why.
+    broken: watch::Sender<(u64, String)>,
+    /// The server's answer when it last failed to open or resume the
+    /// session (and asking again may help: UNAVAILABLE, say); cleared when
+    /// one is held.
+    session_failure: Mutex<Option<Status>>,
     /// This client's own registrations, as they would be re-asserted.
     pub(crate) owned: Mutex<BTreeMap<String, pb::RegisterRequest>>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
@@ -68,22 +110,28 @@ impl Endpoints {
     }
 }
 
-/// How one attempt to hold a session ended.
+/// How one connection ended.
 enum Ended {
     /// The client closed; stop.
     Closed,
     /// The server forgot the session: open a new one at once.
     SessionLost,
-    /// The connection or stream failed; `was_up` if a session was held.
+    /// The connection or stream failed; `was_up` if it had worked.
     Failed { reason: String, was_up: bool },
 }
 
 impl Shared {
-    pub(crate) fn new(options: Options, endpoints: Vec<String>) -> Self {
+    pub(crate) fn new(options: Options, endpoints: Vec<String>, connector: Connector) -> Self {
         Shared {
             options,
+            connector,
+            configured: endpoints.clone(),
             endpoints: Mutex::new(Endpoints::new(endpoints)),
             conn: watch::Sender::new(None),
+            want: watch::Sender::new(Want::Nothing),
+            troubles: watch::Sender::new(BTreeMap::new()),
+            broken: watch::Sender::new((0, String::new())),
+            session_failure: Mutex::new(None),
             owned: Mutex::new(BTreeMap::new()),
             events: broadcast::Sender::new(64),
             closed: watch::Sender::new(false),
@@ -118,20 +166,159 @@ impl Shared {
             .cloned()
             .collect()
     }
+
+    pub(crate) fn troubles(&self) -> watch::Receiver<BTreeMap<String, Trouble>> {
+        self.troubles.subscribe()
+    }
+
+    /// Tells the task that a call found connection `conn` broken, so that
+    /// a client holding no session (no Heartbeat stream to notice) moves on
+    /// to the next server.
+    pub(crate) fn report_broken(&self, conn: &Conn, trouble: &Trouble) {
+        self.broken.send_if_modified(|(number, reason)| {
+            let newer = *number < conn.number;
+            if newer {
+                *number = conn.number;
+                *reason = trouble.to_string();
+            }
+            newer
+        });
+    }
+
+    /// The error for a caller that waited for a connection in vain: a TLS
+    /// failure if any server gave one, since that is what to fix; else no
+    /// server reachable, each address with its reason.
+    pub(crate) fn stuck(&self) -> Error {
+        let troubles = self.troubles.borrow();
+        if let Some((server, tls)) = troubles.iter().find(|(_, t)| matches!(t, Trouble::Tls(_))) {
+            return tls.error(server);
+        }
+        let list: Vec<String> = self
+            .endpoints()
+            .into_iter()
+            .map(|e| match troubles.get(&e) {
+                Some(t) => format!("{e} ({t})"),
+                None => e,
+            })
+            .collect();
+        Error::Unavailable(list.join(", "))
+    }
+
+    /// The error for a write that waited for the session in vain: the
+    /// server's answer if it refused one, else as [`stuck`](Self::stuck).
+    pub(crate) fn session_stuck(&self) -> Error {
+        let failure = self
+            .session_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &*failure {
+            Some(status) => Error::Status {
+                code: status.code(),
+                message: format!(
+                    "the server could not open a session, which register, bind, update and free need: {}",
+                    status.message()
+                ),
+            },
+            None => self.stuck(),
+        }
+    }
+
+    fn note_session_failure(&self, status: Option<Status>) {
+        *self
+            .session_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    /// When every configured server failed with TLS (which waiting does
+    /// not mend), the error to give up with.
+    pub(crate) fn all_refuse_tls(&self) -> Option<Error> {
+        let troubles = self.troubles.borrow();
+        let each: Option<Vec<&Trouble>> = self.configured.iter().map(|e| troubles.get(e)).collect();
+        let each = each?;
+        if !each.iter().all(|t| matches!(t, Trouble::Tls(_))) {
+            return None;
+        }
+        let first = &self.configured[0];
+        Some(troubles[first].error(first))
+    }
+
+    fn note(&self, server: &str, trouble: Trouble) {
+        self.troubles.send_modify(|t| {
+            t.insert(server.to_string(), trouble);
+        });
+    }
+
+    fn clear(&self, server: &str) {
+        self.troubles
+            .send_if_modified(|t| t.remove(server).is_some());
+    }
+
+    fn next_endpoint(&self) -> String {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next()
+    }
+
+    /// Adds the registry servers registered as `seaport@*` to the endpoints.
+    fn learn(&self, found: pb::QueryResponse) {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        for s in found.services {
+            let address = if s.host.contains(':') {
+                format!("[{}]:{}", s.host, s.port)
+            } else {
+                format!("{}:{}", s.host, s.port)
+            };
+            endpoints.learn(address);
+        }
+    }
 }
 
 /// Runs until the client closes.
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut session: Option<String> = None;
     let mut failures = 0u32;
+    let mut number = 0;
     let mut closed = shared.closed.subscribe();
+    let tls = shared.options.tls.is_some();
     loop {
-        let server = shared
-            .endpoints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .next();
-        match hold(&shared, &server, &mut session).await {
+        let server = shared.next_endpoint();
+        number += 1;
+        // The probe: servers registered as `seaport@*`, learned for failover.
+        let servers = |channel| async move {
+            RegistryClient::new(channel)
+                .query(pb::QueryRequest {
+                    pattern: "seaport".into(),
+                    ..Default::default()
+                })
+                .await
+        };
+        let connected = tokio::select! {
+            connected = connect::connect(&shared.connector, &shared.options, &server, servers) => connected,
+            _ = until_closed(&mut closed) => break,
+        };
+        let ended = match connected {
+            Ok((channel, seen, found)) => {
+                shared.clear(&server);
+                if let Ok(found) = found {
+                    shared.learn(found.into_inner());
+                }
+                let link = Link {
+                    rpc: RegistryClient::new(channel),
+                    server: &server,
+                    number,
+                    seen,
+                    tls,
+                };
+                serve(&shared, &link, &mut session).await
+            }
+            Err(trouble) => {
+                shared.note(&server, trouble.clone());
+                failed(trouble, false)
+            }
+        };
+        match ended {
             Ended::Closed => break,
             Ended::SessionLost => {
                 shared.conn.send_replace(None);
@@ -147,7 +334,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                     });
                     failures = 0;
                 }
-                tracing::debug!(%server, %reason, "session attempt failed");
+                tracing::debug!(%server, %reason, "connection attempt failed");
                 failures = failures.saturating_add(1);
                 let pause = full_jitter(
                     shared.options.backoff_base,
@@ -189,45 +376,106 @@ fn failed(reason: impl ToString, was_up: bool) -> Ended {
     }
 }
 
-/// The endpoint for `server`, with TLS when configured.
-pub(crate) fn endpoint(options: &Options, server: &str) -> Result<Endpoint, String> {
-    let scheme = if options.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let endpoint = Endpoint::from_shared(format!("{scheme}://{server}"))
-        .map_err(|e| format!("bad address {server:?}: {e}"))?
-        .connect_timeout(options.connect_timeout)
-        .tcp_nodelay(true);
-    let Some(tls) = &options.tls else {
-        return Ok(endpoint);
-    };
-    let mut config = ClientTlsConfig::new();
-    if let Some(ca) = &tls.ca {
-        config = config.ca_certificate(Certificate::from_pem(ca));
-    }
-    if let Some((cert, key)) = &tls.identity {
-        config = config.identity(Identity::from_pem(cert, key));
-    }
-    endpoint
-        .tls_config(config)
-        .map_err(|e| format!("TLS settings: {e}"))
+/// One connection the task made.
+struct Link<'a> {
+    rpc: RegistryClient<Channel>,
+    server: &'a str,
+    /// Counted from 1 over the client's life.
+    number: u64,
+    seen: Seen,
+    tls: bool,
 }
 
-/// Connects to `server`, opens or resumes the session and keeps it alive.
-async fn hold(shared: &Shared, server: &str, session: &mut Option<String>) -> Ended {
+impl Link<'_> {
+    /// The connection as calls use it, with `session_id` if one is held.
+    fn conn(&self, session_id: Option<String>) -> Conn {
+        Conn {
+            rpc: self.rpc.clone(),
+            server: self.server.to_string(),
+            number: self.number,
+            session_id,
+            seen: self.seen.clone(),
+        }
+    }
+}
+
+/// Serves calls over `link` until it fails or the client closes: reads
+/// need nothing more; once a write wants a session, holds one through it.
+/// `Connected` is told once per connection: when it is up for reads, or,
+/// for a client that wants a session, once that is held.
+async fn serve(shared: &Shared, link: &Link<'_>, session: &mut Option<String>) -> Ended {
+    let mut want = shared.want.subscribe();
+    let mut closed = shared.closed.subscribe();
+    let mut broken = shared.broken.subscribe();
+    let mut told = false;
+    loop {
+        if *want.borrow_and_update() == Want::Session {
+            match hold(shared, link, session, &mut told).await {
+                Ok(ended) => return ended,
+                // The connection stays, for reads.
+                Err(refusal) => {
+                    refused(shared, session, refusal);
+                    want.borrow_and_update();
+                }
+            }
+        }
+        shared.conn.send_replace(Some(link.conn(None)));
+        if !told {
+            told = true;
+            shared.emit(ClientEvent::Connected {
+                server: link.server.to_string(),
+                observed_host: String::new(),
+            });
+        }
+        tokio::select! {
+            _ = until_closed(&mut closed) => return Ended::Closed,
+            _ = want.changed() => {}
+            found = broken.wait_for(|(n, _)| *n >= link.number) => {
+                let reason = found.map(|b| b.1.clone()).unwrap_or_default();
+                return failed(reason, true);
+            }
+        }
+    }
+}
+
+/// The server refused the session for good: no more asking until the next
+/// write, whose caller is told why; registrations of a session lost this way
+/// cannot be re-asserted.
+fn refused(shared: &Shared, session: &mut Option<String>, Refusal { code, message }: Refusal) {
+    tracing::warn!(?code, %message, "the server refused this client a session");
+    if session.take().is_some() {
+        for request in shared.owned_requests() {
+            shared.emit(ClientEvent::ReassertFailed {
+                id: request.id,
+                reason: message.clone(),
+            });
+        }
+    }
+    shared.want.send_replace(Want::Refused {
+        code,
+        message: format!(
+            "the server refused to open a session, which register, bind, update and free need: {message}"
+        ),
+    });
+}
+
+/// The server's final no to opening or resuming a session: UNAUTHENTICATED
+/// or PERMISSION_DENIED, which asking again would not change.
+struct Refusal {
+    code: Code,
+    message: String,
+}
+
+/// Opens or resumes the session over `link` and keeps it alive until the
+/// connection fails or the client closes.
+async fn hold(
+    shared: &Shared,
+    link: &Link<'_>,
+    session: &mut Option<String>,
+    told: &mut bool,
+) -> Result<Ended, Refusal> {
     let options = &shared.options;
-    let endpoint = match endpoint(options, server) {
-        Ok(e) => e,
-        Err(e) => return failed(e, false),
-    };
-    let channel = match tokio::time::timeout(options.connect_timeout, endpoint.connect()).await {
-        Ok(Ok(channel)) => channel,
-        Ok(Err(e)) => return failed(e, false),
-        Err(_) => return failed("connect timed out", false),
-    };
-    let mut rpc = RegistryClient::new(channel);
+    let mut rpc = link.rpc.clone();
     let (tx, rx) = mpsc::channel(4);
     let first = match session {
         Some(id) => In::Resume(pb::ResumeSession {
@@ -252,26 +500,40 @@ async fn hold(shared: &Shared, server: &str, session: &mut Option<String>) -> En
     };
     let (mut stream, opened) = match tokio::time::timeout(options.connect_timeout, opening).await {
         Ok(Ok(pair)) => pair,
-        Ok(Err(status)) if status.code() == Code::NotFound && session.is_some() => {
-            return Ended::SessionLost;
+        Ok(Err(status)) => {
+            return match connect::status_trouble(&status, &link.seen, link.tls, false) {
+                Some(trouble) => Ok(failed(trouble, false)),
+                None if status.code() == Code::NotFound && session.is_some() => {
+                    Ok(Ended::SessionLost)
+                }
+                None if crate::is_final(status.code()) => Err(Refusal {
+                    code: status.code(),
+                    message: status.message().to_string(),
+                }),
+                None => {
+                    let reason = status.message().to_string();
+                    shared.note_session_failure(Some(status));
+                    Ok(failed(reason, false))
+                }
+            };
         }
-        Ok(Err(status)) => return failed(status.message(), false),
-        Err(_) => return failed("no answer to open or resume", false),
+        Err(_) => return Ok(failed("no answer to open or resume", false)),
     };
     *session = Some(opened.session_id.clone());
+    shared.note_session_failure(None);
     if !opened.resumed {
         reassert(shared, &mut rpc, &opened.session_id).await;
     }
-    shared.conn.send_replace(Some(Conn {
-        rpc: rpc.clone(),
-        session_id: opened.session_id.clone(),
-        server: server.to_string(),
-    }));
-    shared.emit(ClientEvent::Connected {
-        server: server.to_string(),
-        observed_host: opened.observed_host,
-    });
-    learn_servers(shared, &mut rpc).await;
+    shared
+        .conn
+        .send_replace(Some(link.conn(Some(opened.session_id.clone()))));
+    if !*told {
+        *told = true;
+        shared.emit(ClientEvent::Connected {
+            server: link.server.to_string(),
+            observed_host: opened.observed_host,
+        });
+    }
 
     let ttl = Duration::from_millis(opened.ttl_ms.max(1));
     let mut ticks = tokio::time::interval(ttl / 3);
@@ -283,11 +545,11 @@ async fn hold(shared: &Shared, server: &str, session: &mut Option<String>) -> En
         tokio::select! {
             _ = ticks.tick() => {
                 if last_answer.elapsed() > ttl {
-                    return failed("no answer to pings within the session ttl", true);
+                    return Ok(failed("no answer to pings within the session ttl", true));
                 }
                 seq += 1;
                 if tx.send(msg(In::Ping(pb::Ping { seq }))).await.is_err() {
-                    return failed("heartbeat stream closed", true);
+                    return Ok(failed("heartbeat stream closed", true));
                 }
             }
             reply = stream.message() => match reply {
@@ -298,15 +560,24 @@ async fn hold(shared: &Shared, server: &str, session: &mut Option<String>) -> En
                     shared.emit(ClientEvent::Evicted { id: evicted.id, by: evicted.by });
                 }
                 Ok(Some(_)) => last_answer = tokio::time::Instant::now(),
-                Ok(None) => return failed("the server ended the session stream", true),
-                Err(status) if status.code() == Code::NotFound => return Ended::SessionLost,
-                Err(status) => return failed(status.message(), true),
+                Ok(None) => return Ok(failed("the server ended the session stream", true)),
+                Err(status) if status.code() == Code::NotFound => return Ok(Ended::SessionLost),
+                Err(status) => return Ok(failed(status.message(), true)),
             },
             _ = until_closed(&mut closed) => {
                 shared.conn.send_replace(None);
                 let _ = tx.send(msg(In::Close(pb::CloseSession {}))).await;
-                let _ = tokio::time::timeout(options.connect_timeout, stream.message()).await;
-                return Ended::Closed;
+                // A pong on its way comes first; the registrations are
+                // freed when `closed` comes.
+                let confirmed = async {
+                    while let Ok(Some(reply)) = stream.message().await {
+                        if matches!(reply.kind, Some(Out::Closed(_))) {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(options.connect_timeout, confirmed).await;
+                return Ok(Ended::Closed);
             }
         }
     }
@@ -335,26 +606,6 @@ async fn reassert(shared: &Shared, rpc: &mut RegistryClient<Channel>, session_id
         }
     }
     shared.emit(ClientEvent::Reasserted { count });
-}
-
-/// Adds the registry servers registered as `seaport@*` to the endpoints.
-async fn learn_servers(shared: &Shared, rpc: &mut RegistryClient<Channel>) {
-    let request = pb::QueryRequest {
-        pattern: "seaport".into(),
-        ..Default::default()
-    };
-    let Ok(found) = rpc.query(request).await else {
-        return;
-    };
-    let mut endpoints = shared.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-    for s in found.into_inner().services {
-        let address = if s.host.contains(':') {
-            format!("[{}]:{}", s.host, s.port)
-        } else {
-            format!("{}:{}", s.host, s.port)
-        };
-        endpoints.learn(address);
-    }
 }
 
 #[cfg(test)]

@@ -39,8 +39,9 @@ impl TryFrom<pb::WatchEvent> for Event {
     }
 }
 
-/// The events of one watch; ends only when the client closes or the pattern
-/// is refused. Dropping it stops the watch.
+/// The events of one watch; ends only when the client closes, or the
+/// server refuses it for good (the pattern, or, when reads need a client
+/// certificate, the lack of one). Dropping it stops the watch.
 pub struct WatchStream {
     rx: mpsc::Receiver<Result<Event>>,
     task: JoinHandle<()>,
@@ -97,15 +98,16 @@ async fn follow(client: SeaportClient, pattern: String, tx: mpsc::Sender<Result<
             since_revision: since,
             ..Default::default()
         };
-        match conn.rpc.clone().watch(request).await {
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                let _ = tx.send(Err(status.into())).await;
-                return;
-            }
-            Err(_) => {}
+        let ended = match conn.rpc.clone().watch(request).await {
+            Err(status) => Some(status),
             Ok(response) => {
                 let mut stream = response.into_inner();
-                while let Ok(Some(event)) = stream.message().await {
+                loop {
+                    let event = match stream.message().await {
+                        Ok(Some(event)) => event,
+                        Ok(None) => break None,
+                        Err(status) => break Some(status),
+                    };
                     let event = match Event::try_from(event) {
                         Ok(e) => e,
                         Err(e) => {
@@ -120,6 +122,17 @@ async fn follow(client: SeaportClient, pattern: String, tx: mpsc::Sender<Result<
                         return;
                     }
                 }
+            }
+        };
+        if let Some(status) = ended {
+            match client.failure(&conn, status) {
+                // A refusal the server means (a bad pattern, a certificate
+                // reads need) ends the watch; asking again would not help.
+                e @ Error::Status { code, .. } if crate::is_final(code) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                _ => {}
             }
         }
         if client.wait_for_new_conn(&conn).await.is_err() {

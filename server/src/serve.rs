@@ -214,11 +214,17 @@ impl Server {
             return self.http2(Watched::new(tcp)).await;
         };
         let acceptor = crate::tls::acceptor(tls);
-        match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp)).await {
+        let accept = acceptor.accept(tcp).into_fallible();
+        match tokio::time::timeout(self.settings.handshake_timeout, accept).await {
             Ok(Ok(stream)) => self.http2(Watched::new(stream)).await,
-            Ok(Err(e)) => {
+            Ok(Err((e, mut tcp))) => {
                 self.settings.metrics.handshake_failed(Some(&e));
-                tracing::info!(%peer, "TLS handshake failed: {e}")
+                // The alert that tells the client why (a certificate of
+                // another CA, an expired one) waits in the coalescing
+                // buffer; without this flush the client sees only a close.
+                let flush = tokio::io::AsyncWriteExt::flush(&mut tcp);
+                let _ = tokio::time::timeout(self.settings.handshake_timeout, flush).await;
+                tracing::info!(%peer, "TLS handshake failed: {e}");
             }
             Err(_) => {
                 self.settings.metrics.handshake_failed(None);

@@ -1,11 +1,14 @@
 //! The one test kit: starts real seaportd servers on ephemeral ports,
 //! opens real sessions over gRPC, and waits for what a test expects,
 //! for the end-to-end suite, seaportctl's tests and the client's alike;
-//! and runs real etcd clusters ([`EtcdCluster`]) for the etcd backend.
+//! runs real etcd clusters ([`EtcdCluster`]) for the etcd backend; and
+//! captures the servers' log lines ([`Logs`]).
 
 pub mod etcd;
+pub mod logs;
 pub mod process;
 pub use etcd::EtcdCluster;
+pub use logs::Logs;
 pub use process::Seaportd;
 
 use std::net::SocketAddr;

@@ -307,6 +307,12 @@ async fn the_client_fails_over_to_servers_it_learned_from_seaport_registrations(
     register_with(&mut raw_a, b_entry).await;
 
     let client = client_for(&[a.addr]).await;
+    // A session notices at once that its server went; a client that only
+    // reads moves on at its next read (client/tests/sessions.rs).
+    client
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
     let mut events = client.events();
     a.stop().await;
     let connected = until_event(&mut events, |e| matches!(e, ClientEvent::Connected { .. })).await;
