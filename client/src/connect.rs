@@ -315,13 +315,22 @@ impl AsyncWrite for Recorded {
     }
 }
 
+/// How often a connection is pinged; an answer must come within half.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The endpoint for `server`. TLS, when configured, is the connector's;
 /// the requests still say `https`.
 pub(crate) fn endpoint(options: &Options, server: &str) -> Result<Endpoint, Error> {
     let bad = |e: &dyn std::fmt::Display| {
         Error::Settings(format!("{server:?} is not a host:port address: {e}"))
     };
-    let endpoint = Endpoint::from_shared(format!("http://{server}")).map_err(|e| bad(&e))?;
+    // HTTP/2 pings notice a path gone silent on a connection with only a
+    // watch or a waiting get on it, which a session's pongs do not cover.
+    let endpoint = Endpoint::from_shared(format!("http://{server}"))
+        .map_err(|e| bad(&e))?
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE / 2)
+        .keep_alive_while_idle(true);
     if options.tls.is_none() {
         return Ok(endpoint);
     }

@@ -544,8 +544,11 @@ async fn hold(
     loop {
         tokio::select! {
             _ = ticks.tick() => {
-                if last_answer.elapsed() > ttl {
-                    return Ok(failed("no answer to pings within the session ttl", true));
+                // Pings go every third of the ttl and a pong takes a round
+                // trip: none for half the ttl is a dead path, declared
+                // while the session can still be resumed elsewhere.
+                if last_answer.elapsed() > ttl / 2 {
+                    return Ok(failed("no answer to pings within half the session ttl", true));
                 }
                 seq += 1;
                 if tx.send(msg(In::Ping(pb::Ping { seq }))).await.is_err() {

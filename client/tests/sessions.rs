@@ -145,3 +145,72 @@ async fn a_watch_of_a_client_that_only_reads_moves_to_the_next_server() {
     assert_eq!(kinds[0], EventKind::Reset, "{kinds:?}");
     assert_eq!(client.server(), Some(other.addr.to_string()));
 }
+
+/// A path that goes silent (packets dropped, no reset) is declared dead
+/// within half the session's ttl, and the session resumed over another
+/// route before the server would expire it: nothing is freed.
+#[tokio::test]
+async fn a_silent_path_is_left_for_another_before_the_session_expires() {
+    let server = TestServer::start().await;
+    let routes = [
+        seaport_testkit::Proxy::start(server.addr).await,
+        seaport_testkit::Proxy::start(server.addr).await,
+    ];
+    let client = SeaportClient::builder()
+        .endpoint(routes[0].addr.to_string())
+        .endpoint(routes[1].addr.to_string())
+        .ttl(Duration::from_secs(3))
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let web = client
+        .register("web@1.0.0", RegisterOptions::default().port(7100))
+        .await
+        .unwrap();
+    let on = client.server().unwrap();
+    let (dead, alive) = if on == routes[0].addr.to_string() {
+        (&routes[0], &routes[1])
+    } else {
+        (&routes[1], &routes[0])
+    };
+    let mut watcher = server.client().await;
+    let mut changes = watcher
+        .watch(seaport::pb::WatchRequest {
+            pattern: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = client.events();
+    let silenced = tokio::time::Instant::now();
+    dead.silence();
+    loop {
+        if let ClientEvent::Connected { server, .. } = next(&mut events).await {
+            assert_eq!(server, alive.addr.to_string());
+            break;
+        }
+    }
+    let moved = silenced.elapsed();
+    eprintln!("silent path left, session resumed elsewhere in {moved:?}");
+    assert!(moved < Duration::from_secs(3), "within the ttl: {moved:?}");
+    // Past two ttls: an expiry would have shown as FREED by now.
+    let quiet = tokio::time::timeout(Duration::from_secs(6), async {
+        while let Ok(Some(event)) = changes.message().await {
+            assert_ne!(
+                event.kind,
+                seaport::pb::watch_event::Kind::Freed as i32,
+                "{event:?}"
+            );
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "the watch stays open, with no FREED");
+    let found = client.query("web").await.unwrap();
+    assert_eq!(
+        (found[0].id.as_str(), found[0].port),
+        (web.id(), web.port())
+    );
+}

@@ -322,11 +322,13 @@ pub async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut cond: F) {
 }
 
 /// A TCP proxy in front of a server, whose connections can be cut at once
-/// (a network blip) while it keeps accepting new ones.
+/// (a network blip) while it keeps accepting new ones, or silenced (a dead
+/// path: packets dropped, no reset).
 pub struct Proxy {
     /// The address clients connect to.
     pub addr: SocketAddr,
     conns: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -336,12 +338,19 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = std::sync::Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
-        let tracked = conns.clone();
+        let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tracked, quiet) = (conns.clone(), silent.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let quiet = quiet.clone();
                 tracked.lock().unwrap().spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let (from_client, to_client) = inbound.into_split();
+                        let (from_server, to_server) = outbound.into_split();
+                        tokio::join!(
+                            forward(from_client, to_server, &quiet),
+                            forward(from_server, to_client, &quiet)
+                        );
                     }
                 });
             }
@@ -349,6 +358,7 @@ impl Proxy {
         Proxy {
             addr,
             conns,
+            silent,
             accept,
         }
     }
@@ -356,6 +366,36 @@ impl Proxy {
     /// Drops every proxied connection.
     pub fn cut(&self) {
         self.conns.lock().unwrap().abort_all();
+    }
+
+    /// From now on forwards nothing, either way, on any connection, while
+    /// keeping them all open: a path that went dead without a reset.
+    pub fn silence(&self) {
+        self.silent
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Copies `from` to `to` until either ends, dropping what it reads once
+/// `silent` is set.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: &std::sync::atomic::AtomicBool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if silent.load(std::sync::atomic::Ordering::Relaxed) {
+            continue;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
