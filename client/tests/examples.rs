@@ -51,6 +51,22 @@ async fn web_client_started_first_gets_beep_boop_from_web_server() {
     assert!(output.status.success());
     assert_eq!(String::from_utf8_lossy(&output.stdout), "beep boop\n");
 
-    web_server.kill().await.unwrap();
+    // Ctrl-C closes its session: the registration goes at once.
+    let pid = web_server.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(PATIENCE, web_server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let mut client = server.client().await;
+    assert!(
+        seaport_testkit::query(&mut client, "web").await.is_empty(),
+        "freed at once by the close"
+    );
     server.stop().await;
 }
