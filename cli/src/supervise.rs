@@ -6,7 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use seaport_client::{ClientEvent, RegisterOptions, Registration, SeaportClient};
 use tokio::process::{Child, Command};
@@ -89,17 +89,25 @@ fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
+/// Sends `sig` to the child's whole process group (a `sh -c` wrapper's
+/// server too), waits up to [`STOP_GRACE`], then kills the group.
 async fn stop_child(child: &mut Child, sig: Signal) -> i32 {
-    if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), sig);
+    let group = child.id().map(|pid| Pid::from_raw(pid as i32));
+    if let Some(group) = group {
+        let _ = killpg(group, sig);
     }
-    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+    let code = match tokio::time::timeout(STOP_GRACE, child.wait()).await {
         Ok(Ok(status)) => exit_code(status),
         _ => {
             let _ = child.kill().await;
             128 + Signal::SIGKILL as i32
         }
+    };
+    // Whatever of the group outlived its leader.
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGKILL);
     }
+    code
 }
 
 /// Runs `command` with the port appended and in PORT, restarting it when
@@ -115,12 +123,16 @@ pub(crate) async fn run_command(
     let mut restarts = 0;
     let mut backoff = FIRST_BACKOFF;
     loop {
+        // A process group of its own, so that a stop reaches everything
+        // the command started, not only its first process.
         let mut child = Command::new(&command[0])
             .args(&command[1..])
             .arg(&port)
             .env("PORT", &port)
+            .process_group(0)
             .spawn()
             .map_err(|e| Failure::other(format!("cannot run {:?}: {e}", command[0])))?;
+        let group = child.id().map(|pid| Pid::from_raw(pid as i32));
         let started = tokio::time::Instant::now();
         let status = tokio::select! {
             status = child.wait() => status.map_err(|e| Failure::other(format!("waiting for {:?}: {e}", command[0])))?,
@@ -133,6 +145,10 @@ pub(crate) async fn run_command(
             }),
         };
         let code = exit_code(status);
+        // What the command left running would hold its port from the next.
+        if let Some(group) = group {
+            let _ = killpg(group, Signal::SIGTERM);
+        }
         if max_restarts.is_some_and(|max| restarts >= max) {
             eprintln!(
                 "seaportctl: {:?} exited with code {code}; restart limit reached",

@@ -376,3 +376,44 @@ async fn free_and_update_of_another_processs_registration_are_refused_and_explai
         "nothing changed"
     );
 }
+
+/// The command runs in a process group of its own, which a stop signals
+/// whole: a server behind `sh -c` stops with its shell.
+#[tokio::test]
+async fn a_stop_reaches_everything_the_command_started() {
+    let server = TestServer::start().await;
+    let dir = std::env::temp_dir().join(format!("seaportctl-group-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("server.pid");
+    let script = format!("sleep 600 & echo $! > {}; wait", pidfile.display());
+    let mut ctl = seaportctl(
+        server.addr,
+        &["register", "web@1.0.0", "--", "sh", "-c", &script, "sh"],
+    )
+    .spawn()
+    .unwrap();
+    eventually("the server behind the shell to start", async || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|p| p.ends_with('\n'))
+    })
+    .await;
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(ctl.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    tokio::time::timeout(PATIENCE, ctl.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    // Gone, or a zombie waiting for init to reap it.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+    };
+    eventually("the server behind the shell to stop", async || !running()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
