@@ -20,6 +20,18 @@ async fn client_for(addresses: &[std::net::SocketAddr]) -> SeaportClient {
         .expect("connect")
 }
 
+/// A client of two servers: it, the server it is on, and the other.
+async fn two_servers() -> (SeaportClient, TestServer, TestServer) {
+    let a = TestServer::start().await;
+    let b = TestServer::start().await;
+    let client = client_for(&[a.addr, b.addr]).await;
+    if client.server() == Some(a.addr.to_string()) {
+        (client, a, b)
+    } else {
+        (client, b, a)
+    }
+}
+
 async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
     tokio::time::timeout(PATIENCE, stream.next())
         .await
@@ -79,14 +91,7 @@ async fn reads_open_no_session_and_the_first_write_opens_the_one_kept() {
 #[tokio::test]
 async fn a_client_that_only_reads_fails_over_when_it_next_reads() {
     let logs = Logs::capture();
-    let a = TestServer::start().await;
-    let b = TestServer::start().await;
-    let client = client_for(&[a.addr, b.addr]).await;
-    let (current, other) = if client.server() == Some(a.addr.to_string()) {
-        (a, b)
-    } else {
-        (b, a)
-    };
+    let (client, current, other) = two_servers().await;
     let mut events = client.events();
     let other_addr = other.addr.to_string();
     assert_eq!(client.query("seaport").await.unwrap().len(), 1);
@@ -120,14 +125,7 @@ async fn a_client_that_only_reads_fails_over_when_it_next_reads() {
 
 #[tokio::test]
 async fn a_watch_of_a_client_that_only_reads_moves_to_the_next_server() {
-    let a = TestServer::start().await;
-    let b = TestServer::start().await;
-    let client = client_for(&[a.addr, b.addr]).await;
-    let (current, other) = if client.server() == Some(a.addr.to_string()) {
-        (a, b)
-    } else {
-        (b, a)
-    };
+    let (client, current, other) = two_servers().await;
     let mut watch = client.watch("seaport").unwrap();
     assert_eq!(next(&mut watch).await.unwrap().kind, EventKind::Existing);
     assert_eq!(next(&mut watch).await.unwrap().kind, EventKind::Synced);

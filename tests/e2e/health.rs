@@ -5,10 +5,6 @@ use std::time::Duration;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-use tonic_reflection::pb::v1::{
-    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-};
 
 use seaport_testkit::*;
 
@@ -111,30 +107,53 @@ async fn after_the_drain_new_connections_are_refused_while_calls_finish() {
     server.stop().await;
 }
 
+/// The services a reflection client of `$version` lists.
+macro_rules! listed_services {
+    ($version:ident, $server:expr) => {{
+        use tonic_reflection::pb::$version::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut reflection = ServerReflectionClient::new($server.channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("{reply:?}")
+        };
+        list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+    }};
+}
+
 #[tokio::test]
 async fn reflection_lists_the_registry_and_health_services() {
     let server = TestServer::start().await;
-    let mut reflection = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("{reply:?}")
-    };
-    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    let names = listed_services!(v1, server);
     assert!(
         names.contains(&"seaport.v1.Registry".to_string()),
         "{names:?}"
     );
     assert!(
         names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}
+
+/// Tools that speak only the older reflection (grpcui, Postman, older
+/// grpcurl, Python's reflection client) see the same services.
+#[tokio::test]
+async fn reflection_v1alpha_lists_them_too() {
+    let server = TestServer::start().await;
+    let names = listed_services!(v1alpha, server);
+    assert!(
+        names.contains(&"seaport.v1.Registry".to_string()),
         "{names:?}"
     );
 }
@@ -184,34 +203,4 @@ async fn the_admin_port_answers_its_probe_paths_only() {
     }
     let _ = stop.send(());
     server.await.unwrap().unwrap();
-}
-
-/// Tools that speak only the older reflection (grpcui, Postman, older
-/// grpcurl, Python's reflection client) see the same services.
-#[tokio::test]
-async fn reflection_v1alpha_lists_them_too() {
-    use tonic_reflection::pb::v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let server = TestServer::start().await;
-    let mut reflection = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("{reply:?}")
-    };
-    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"seaport.v1.Registry".to_string()),
-        "{names:?}"
-    );
 }
