@@ -132,8 +132,12 @@ impl Ports {
         port: u16,
         now: Instant,
     ) -> Result<(Arc<str>, u16)> {
-        let port = self.choose(host, port, now)?;
-        let name = match self.hosts.get_key_value(host) {
+        self.expire_quarantine(now);
+        // One lookup of the host serves the choice and the name: on the
+        // memory store's every register, and mostly out of the cache.
+        let known = self.hosts.get_key_value(host);
+        let port = self.choose_on(host, known.map(|(_, h)| h), port)?;
+        let name = match known {
             Some((name, _)) => name.clone(),
             None => {
                 let name: Arc<str> = host.into();
@@ -149,7 +153,12 @@ impl Ports {
     /// registration back.
     pub(crate) fn choose(&mut self, host: &str, port: u16, now: Instant) -> Result<u16> {
         self.expire_quarantine(now);
-        let ports = self.hosts.get(host);
+        self.choose_on(host, self.hosts.get(host), port)
+    }
+
+    /// `port` unless a registration holds it on `host` (whose table is
+    /// `ports`), or for 0 a random port neither held nor quarantined.
+    fn choose_on(&self, host: &str, ports: Option<&Host>, port: u16) -> Result<u16> {
         if port == 0 {
             return self
                 .pick(ports)

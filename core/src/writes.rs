@@ -165,17 +165,14 @@ impl Registry {
                     actor,
                     pinned,
                 )?;
-                let Decided::New {
-                    session_id,
-                    host,
-                    owner,
-                    lease,
-                } = decided
-                else {
-                    let Decided::Existing(existing) = decided else {
-                        unreachable!("two kinds")
-                    };
-                    return Ok(existing);
+                let (session_id, host, owner, lease) = match decided {
+                    Decided::Existing(existing) => return Ok(existing),
+                    Decided::New {
+                        session_id,
+                        host,
+                        owner,
+                        lease,
+                    } => (session_id, host, owner, lease),
                 };
                 let chosen = state.ports.choose(&host, port, Instant::now())?;
                 let id = if new.id.is_empty() {
