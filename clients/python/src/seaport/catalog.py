@@ -66,7 +66,7 @@ class Catalog:
                 self._services.pop(service.id, None)
 
     def services(self) -> list[Service]:
-        """Every matching service, ordered by id."""
+        """Every matching service, draining ones too, ordered by id."""
         with self._lock:
             return [self._services[id] for id in sorted(self._services)]
 
@@ -75,18 +75,18 @@ class Catalog:
             return len(self._services)
 
     def pick(self) -> Optional[Service]:
-        """The next service, round robin; None when nothing matches."""
+        """The next service, round robin; None when nothing matches. Picks never choose a draining one."""
         return self.pick_excluding(())
 
     def pick_random(self) -> Optional[Service]:
         """A service chosen at random; None when nothing matches."""
-        candidates = self.services()
+        candidates = [s for s in self.services() if not s.draining]
         return random.choice(candidates) if candidates else None
 
     def pick_excluding(self, exclude: Iterable[str]) -> Optional[Service]:
         """The next service round robin, skipping the ids in `exclude` (instances that just failed)."""
         skip = set(exclude)
-        candidates = [s for s in self.services() if s.id not in skip]
+        candidates = [s for s in self.services() if s.id not in skip and not s.draining]
         if not candidates:
             return None
         return candidates[next(self._turn) % len(candidates)]

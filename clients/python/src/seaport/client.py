@@ -37,9 +37,10 @@ class SeaportClient:
     addresses are tried in order, and a client whose server fails moves on
     to the next. Query, get and watch open no session. The first register
     opens one; the last free, or close(), ends it. ttl is the session ttl to
-    ask for, in seconds; 0 takes the server's --default-ttl. The constructor
-    raises SeaportError(UNAVAILABLE) when no address answers within
-    connect_timeout.
+    ask for, in seconds; 0 takes the server's --default-ttl. drain_wait > 0
+    makes close() graceful: it drains this client's registrations and waits
+    that many seconds before it frees them. The constructor raises
+    SeaportError(UNAVAILABLE) when no address answers within connect_timeout.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class SeaportClient:
         key: Optional[bytes] = None,
         connect_timeout: float = 10.0,
         request_timeout: float = 10.0,
+        drain_wait: float = 0.0,
     ):
         if not addresses:
             raise ValueError("give at least one server address")
@@ -62,6 +64,7 @@ class SeaportClient:
         self._ttl = ttl
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
+        self._drain_wait = drain_wait
         self._closed = threading.Event()
         self._events = EventHub()
         self._ledger = Ledger()
@@ -214,6 +217,20 @@ class SeaportClient:
 
         return self._write(call)
 
+    def drain(self, id: str) -> Service:
+        """Marks a registration draining: still registered, but get and catalog picks pass over it.
+
+        Final until it is freed (draining again changes nothing); re-asserted
+        under a new session, it is drained again.
+        """
+
+        def call(stub: pb_grpc.RegistryStub, session_id: str) -> Service:
+            reply = stub.Drain(pb.DrainRequest(session_id=session_id, id=id), timeout=self._request_timeout)
+            self._ledger.drained(id)
+            return Service.of(reply.service)
+
+        return self._write(call)
+
     def free(self, id: str) -> Service:
         """Frees a registration; freeing this client's last one ends its session."""
 
@@ -285,7 +302,18 @@ class SeaportClient:
         return Catalog(self.watch(pattern), self._request_timeout)
 
     def close(self) -> None:
-        """Ends the session, freeing its registrations, stops watches and closes the connection."""
+        """Ends the session, freeing its registrations, stops watches and closes the connection.
+
+        With drain_wait set, it first drains every registration of this
+        client and waits that long, so their users move elsewhere first.
+        """
+        if self._drain_wait > 0 and not self._closed.is_set() and self._ledger:
+            for id in self._ledger.ids():
+                try:
+                    self.drain(id)
+                except SeaportError:
+                    pass  # it is freed with the rest all the same
+            time.sleep(self._drain_wait)
         with self._lock:
             self._closed.set()
             self._session = None

@@ -35,6 +35,7 @@ class Service:
     metadata: Mapping[str, str] = field(default_factory=dict)
     namespace: str = ""
     owner: str = ""
+    draining: bool = False  # stopping: it should get no new traffic
 
     @property
     def address(self) -> str:
@@ -46,7 +47,7 @@ class Service:
 
     @classmethod
     def of(cls, s: pb.Service) -> "Service":
-        return cls(s.id, s.name, s.version, s.host, s.port, dict(s.metadata), s.namespace, s.owner)
+        return cls(s.id, s.name, s.version, s.host, s.port, dict(s.metadata), s.namespace, s.owner, s.draining)
 
 
 @dataclass(frozen=True)

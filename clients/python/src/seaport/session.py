@@ -4,10 +4,12 @@ The thread pings every third of the ttl. A path with no answer for half the
 ttl is declared dead (a silent network drops packets without a reset, so
 the stream itself would never fail): the thread leaves it for a new channel,
 to the next address when there are several, and resumes the session there
-while the server still holds it. When the server no longer knows the
-session (a restart, or its ttl passed) the thread opens a new one and
-re-registers exactly this client's own registrations, with their ids, hosts
-and ports. An admin's free is final: that registration is forgotten.
+while the server still holds it. A server that says it is stopping is left
+at once for the next address. When the server no longer knows the session
+(a restart, or its ttl passed) the thread opens a new one and re-registers
+exactly this client's own registrations, with their ids, hosts and ports,
+draining again those it had drained. An admin's free is final: that
+registration is forgotten.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from seaport.v1 import seaport_pb2_grpc as pb_grpc
 
 
 class Ledger:
-    """This client's own registrations, as they would be re-asserted under a new session."""
+    """This client's own registrations, as they would be re-asserted under a new session, and which it drained."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: dict[str, pb.RegisterRequest] = {}
+        self._drained: set[str] = set()
 
     def remember(self, request: pb.RegisterRequest) -> None:
         with self._lock:
@@ -40,7 +43,18 @@ class Ledger:
     def forget(self, id: str) -> bool:
         """Stops re-asserting `id`; True if it was this client's."""
         with self._lock:
+            self._drained.discard(id)
             return self._requests.pop(id, None) is not None
+
+    def drained(self, id: str) -> None:
+        """Registration `id` is draining: a re-assert drains it again."""
+        with self._lock:
+            if id in self._requests:
+                self._drained.add(id)
+
+    def is_drained(self, id: str) -> bool:
+        with self._lock:
+            return id in self._drained
 
     def set_metadata(self, id: str, metadata: dict[str, str]) -> None:
         with self._lock:
@@ -59,7 +73,7 @@ class Ledger:
     def clear(self) -> list[str]:
         """Forgets everything (the session closed, freeing it all); the ids it held."""
         with self._lock:
-            ids, self._requests = list(self._requests), {}
+            ids, self._requests, self._drained = list(self._requests), {}, set()
             return ids
 
     def __len__(self) -> int:
@@ -87,6 +101,10 @@ class _Refused(Exception):
 
 class _DeadPath(Exception):
     """No answer within the patience given: the path is silent, and only a new channel helps."""
+
+
+class _Stopping(Exception):
+    """The server is shutting down: the session moves to the next address at once."""
 
 
 class Session:
@@ -164,7 +182,7 @@ class Session:
                     link = self._conn.current()
                 except SeaportError:
                     return  # the client closed
-                renew = False
+                renew = stopping = False
                 try:
                     self._hold(link)
                     return
@@ -177,6 +195,8 @@ class Session:
                     return
                 except _DeadPath as dead:
                     renew, reason = True, str(dead)
+                except _Stopping:
+                    stopping, reason = True, "the server is stopping"
                 except grpc.RpcError as err:
                     reason = err.details() or err.code().name
                 except (ConnectionError, ValueError) as err:
@@ -190,6 +210,8 @@ class Session:
                     failures = 0  # a first failure
                     self._events.emit(ClientEvent("DISCONNECTED", server=link.address, reason=reason))
                 self._conn.failed(link.generation, renew=renew)
+                if stopping and len(self._conn.addresses) > 1:
+                    continue  # at once: the next server is not the one stopping
                 failures += 1
                 # A session to resume is retried at least every third of its ttl.
                 cap = min(5.0, self._ttl / 3) if self._id and self._ttl else 5.0
@@ -204,7 +226,8 @@ class Session:
 
         Raises _SessionLost when the server does not know the session, _Refused
         when it will not give this client one, _DeadPath when the path went
-        silent, and RpcError or ConnectionError when the stream breaks.
+        silent, _Stopping when the server shuts down, and RpcError or
+        ConnectionError when the stream breaks.
         """
         outgoing: "queue.Queue[Optional[pb.HeartbeatRequest]]" = queue.Queue()
         if self._id:
@@ -256,6 +279,8 @@ class Session:
                         return
                     if kind == "evicted":
                         self._evicted(link, reply.evicted)
+                    if kind == "stopping":
+                        raise _Stopping()
             except grpc.RpcError as err:
                 if pinger.dead:
                     raise _DeadPath(pinger.dead) from None
@@ -279,10 +304,13 @@ class Session:
         count = 0
         for request in requests:
             request.session_id = session_id
+            # Bounded by half the ttl too: on a path gone silent the session
+            # must still be resumed over another in time.
+            timeout = min(self._request_timeout, max(self._ttl / 2, 1.0))
             try:
-                # Bounded by half the ttl too: on a path gone silent the session
-                # must still be resumed over another in time.
-                link.stub.Register(request, timeout=min(self._request_timeout, max(self._ttl / 2, 1.0)))
+                link.stub.Register(request, timeout=timeout)
+                if self._ledger.is_drained(request.id):
+                    link.stub.Drain(pb.DrainRequest(session_id=session_id, id=request.id), timeout=timeout)
                 count += 1
             except grpc.RpcError as err:
                 if err.code() in RETRYABLE or err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
