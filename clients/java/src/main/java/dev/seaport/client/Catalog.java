@@ -25,6 +25,8 @@ public final class Catalog implements AutoCloseable {
   private final AtomicLong next = new AtomicLong();
   /** What lookups read: every matching service, ordered by id; replaced whole on each change. */
   private volatile List<Service> view = List.of();
+  /** What picks choose from: view without the draining services. */
+  private volatile List<Service> pickable = List.of();
 
   // Only the thread that applies events uses these.
   private final Map<String, Service> services = new TreeMap<>();
@@ -80,11 +82,12 @@ public final class Catalog implements AutoCloseable {
   }
 
   private synchronized void publish(List<Service> fresh) {
+    pickable = fresh.stream().filter(s -> !s.draining()).toList();
     view = fresh;
     notifyAll();
   }
 
-  /** Every matching service, ordered by id. */
+  /** Every matching service, ordered by id, draining ones included. */
   public List<Service> services() {
     return view;
   }
@@ -94,7 +97,7 @@ public final class Catalog implements AutoCloseable {
     return view.size();
   }
 
-  /** The next service, round robin. */
+  /** The next service, round robin; picks never choose a draining one. */
   public Optional<Service> pick() {
     return pickExcluding(List.of());
   }
@@ -113,8 +116,9 @@ public final class Catalog implements AutoCloseable {
         : Optional.of(candidates.get((int) Math.floorMod(next.getAndIncrement(), (long) candidates.size())));
   }
 
+  /** The services a pick may choose: not draining, nor in exclude. */
   private List<Service> candidates(Collection<String> exclude) {
-    List<Service> all = view;
+    List<Service> all = pickable;
     if (exclude.isEmpty()) {
       return all;
     }

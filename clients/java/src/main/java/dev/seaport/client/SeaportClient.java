@@ -1,6 +1,7 @@
 package dev.seaport.client;
 
 import dev.seaport.v1.CloseSession;
+import dev.seaport.v1.DrainRequest;
 import dev.seaport.v1.FreeRequest;
 import dev.seaport.v1.GetRequest;
 import dev.seaport.v1.HeartbeatRequest;
@@ -71,6 +72,10 @@ public final class SeaportClient implements AutoCloseable {
   private final Duration requestTimeout = Duration.ofSeconds(10);
   /** This client's registrations, as Register re-asserts them on a new session. */
   private final Map<String, RegisterRequest> owned = new ConcurrentHashMap<>();
+  /** The ids in owned that this client drained: drained again when re-asserted. */
+  private final Set<String> drained = ConcurrentHashMap.newKeySet();
+  /** How long close() leaves its drained registrations in place; zero: no drain. */
+  private final Duration drainWait;
   private final List<ClientEvents> subscribers = new CopyOnWriteArrayList<>();
 
   // Guarded by `this`, waited on with wait/notifyAll. Writes to `closed` also hold it.
@@ -101,6 +106,7 @@ public final class SeaportClient implements AutoCloseable {
     private Duration connectTimeout = Duration.ofSeconds(10);
     private ChannelCredentials credentials = InsecureChannelCredentials.create();
     private boolean inOrder;
+    private Duration drainWait = Duration.ZERO;
 
     /** A server address, host:port; several give failover. */
     public Builder address(String address) {
@@ -125,6 +131,19 @@ public final class SeaportClient implements AutoCloseable {
     /** The session ttl to ask for; without it the server's --default-ttl applies. */
     public Builder ttl(Duration ttl) {
       this.ttl = ttl;
+      return this;
+    }
+
+    /**
+     * Makes close() graceful: it first drains every registration of this client (so that catalogs
+     * stop picking them and gets stop answering them), waits this long for traffic under way to
+     * finish, then closes. Zero (the default) closes at once.
+     */
+    public Builder drainWait(Duration wait) {
+      if (wait.isNegative()) {
+        throw new IllegalArgumentException("drainWait must not be negative, got " + wait);
+      }
+      this.drainWait = wait;
       return this;
     }
 
@@ -164,6 +183,7 @@ public final class SeaportClient implements AutoCloseable {
     namespace = b.namespace;
     ttl = b.ttl;
     credentials = b.credentials;
+    drainWait = b.drainWait;
     // Clients given the same list spread over its servers.
     next = b.inOrder ? 0 : ThreadLocalRandom.current().nextInt(addresses.size());
     try {
@@ -350,13 +370,26 @@ public final class SeaportClient implements AutoCloseable {
     }
   }
 
-  /** The stream failed, or its path went silent; wasUp when it had held the session. */
+  /**
+   * The stream failed, or its path went silent; wasUp when it had held the session; stopping when
+   * the server said it is shutting down, so the next server is tried at once.
+   */
   private static final class Dropped extends Exception {
     final boolean wasUp;
+    final boolean stopping;
 
     Dropped(String reason, boolean wasUp) {
+      this(reason, wasUp, false);
+    }
+
+    Dropped(String reason, boolean wasUp, boolean stopping) {
       super(reason, null, false, false);
       this.wasUp = wasUp;
+      this.stopping = stopping;
+    }
+
+    static Dropped stopping(boolean wasUp) {
+      return new Dropped("the server is stopping", wasUp, true);
     }
   }
 
@@ -476,6 +509,10 @@ public final class SeaportClient implements AutoCloseable {
               failures = 0;
               emit(new ClientEvent.Disconnected(c.address(), e.getMessage()));
             }
+            if (e.stopping && e.wasUp && addresses.size() > 1) {
+              failed(c); // the server that held the session is going: resume at the next one now
+              continue;
+            }
           } catch (RuntimeException e) {
             // a broken connection: back off, then resume on the next server
           }
@@ -565,6 +602,9 @@ public final class SeaportClient implements AutoCloseable {
           }
           throw new Dropped(describe(t), false);
         }
+        if (first instanceof HeartbeatResponse r && r.hasStopping()) {
+          throw Dropped.stopping(false);
+        }
         if (!(first instanceof HeartbeatResponse r) || !r.hasOpened()) {
           throw new Dropped(first == null ? "no answer to " + (known != null ? "resume" : "open") : "no `opened` first", false);
         }
@@ -618,6 +658,8 @@ public final class SeaportClient implements AutoCloseable {
           if (m instanceof HeartbeatResponse response) {
             if (response.hasEvicted()) {
               evicted(response.getEvicted().getId(), response.getEvicted().getBy());
+            } else if (response.hasStopping()) {
+              throw Dropped.stopping(true);
             }
             continue;
           }
@@ -665,6 +707,7 @@ public final class SeaportClient implements AutoCloseable {
     }
 
     private void forgetEvicted(String id, String by) {
+      drained.remove(id);
       if (owned.remove(id) != null) {
         emit(new ClientEvent.Freed(id, FreeReason.ADMIN));
         emit(new ClientEvent.Evicted(id, by));
@@ -681,6 +724,9 @@ public final class SeaportClient implements AutoCloseable {
       for (RegisterRequest r : owned.values()) {
         try {
           timed(stub).register(r.toBuilder().setSessionId(h.id()).build());
+          if (drained.contains(r.getId())) {
+            timed(stub).drain(DrainRequest.newBuilder().setSessionId(h.id()).setId(r.getId()).build());
+          }
           count++;
         } catch (StatusRuntimeException e) {
           // another process may hold the port now; the rest still go back
@@ -805,14 +851,39 @@ public final class SeaportClient implements AutoCloseable {
     try {
       Held h = s.await(requestTimeout);
       Service service = Service.of(timed(h.conn().stub()).free(FreeRequest.newBuilder().setSessionId(h.id()).setId(id).build()).getService());
+      drained.remove(id);
       if (owned.remove(id) != null) {
         emit(new ClientEvent.Freed(id, FreeReason.OWNER));
       }
       return service;
     } catch (StatusRuntimeException e) {
       if (e.getStatus().getCode() == Status.Code.NOT_FOUND) {
+        drained.remove(id);
         owned.remove(id);
       }
+      throw error(e);
+    } finally {
+      release(s);
+    }
+  }
+
+  /**
+   * Marks a registration draining: its instance is stopping and should get no new traffic.
+   * Catalogs stop picking it and gets stop answering it; queries and watches still show it, with
+   * draining set. Final until freed, and asking again changes nothing. The same registrations as
+   * free may be drained; a drained registration of this client's is drained again whenever it is
+   * re-asserted.
+   */
+  public Service drain(String id) {
+    Session s = acquire();
+    try {
+      Held h = s.await(requestTimeout);
+      Service service = Service.of(timed(h.conn().stub()).drain(DrainRequest.newBuilder().setSessionId(h.id()).setId(id).build()).getService());
+      if (owned.containsKey(id)) {
+        drained.add(id);
+      }
+      return service;
+    } catch (StatusRuntimeException e) {
       throw error(e);
     } finally {
       release(s);
@@ -940,10 +1011,14 @@ public final class SeaportClient implements AutoCloseable {
 
   /**
    * Ends the session, if any, and waits (up to 2s) for the server to confirm that its registrations
-   * are freed; then closes the connection, ending watches and waiting calls.
+   * are freed; then closes the connection, ending watches and waiting calls. With a drain wait
+   * (see {@link Builder#drainWait}), first drains every registration and waits that long.
    */
   @Override
   public void close() {
+    if (!drainWait.isZero()) {
+      drainAll();
+    }
     List<Session> ending;
     synchronized (this) {
       if (closed) {
@@ -966,6 +1041,36 @@ public final class SeaportClient implements AutoCloseable {
     }
     ending.forEach(s -> s.thread.interrupt());
     join(ending, Duration.ofSeconds(1));
+  }
+
+  /** Drains every registration of this client's and waits the drain wait; a client that holds none returns at once. */
+  private void drainAll() {
+    Session s;
+    synchronized (this) {
+      if (closed || session == null || owned.isEmpty()) {
+        return;
+      }
+      s = session;
+      s.writers++;
+    }
+    try {
+      Held h = s.await(requestTimeout);
+      for (String id : owned.keySet()) {
+        try {
+          timed(h.conn().stub()).drain(DrainRequest.newBuilder().setSessionId(h.id()).setId(id).build());
+          drained.add(id);
+        } catch (StatusRuntimeException e) {
+          // freed meanwhile, or the server is gone: nothing to drain
+        }
+      }
+      Thread.sleep(drainWait.toMillis());
+    } catch (SeaportException e) {
+      // no session to drain through: close at once
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    } finally {
+      release(s);
+    }
   }
 
   private static void join(List<Session> sessions, Duration timeout) {

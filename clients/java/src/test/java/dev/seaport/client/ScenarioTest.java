@@ -782,4 +782,131 @@ class ScenarioTest {
       assertEquals(kept.port(), back.get(0).port());
     }
   }
+
+  @Test
+  void aDrainedRegistrationIsShownButNeitherPickedNorGot() throws Exception {
+    Seaportd s = start();
+    try (SeaportClient owner = connect(s); SeaportClient reader = connect(s)) {
+      Registration a = owner.register("web@1.0.0", RegisterOptions.defaults());
+      Registration b = owner.register("web@1.0.1", RegisterOptions.defaults());
+      try (Catalog catalog = reader.catalog("web"); SeaportClient.Watch changes = reader.watch("web")) {
+        assertEquals(List.of("EXISTING", "EXISTING", "SYNCED"), List.of(changes.next().kind(), changes.next().kind(), changes.next().kind()));
+        Service drained = owner.drain(a.id());
+        assertTrue(drained.draining());
+        WatchEvent updated = next(changes, Duration.ofSeconds(5));
+        assertEquals("UPDATED", updated.kind());
+        assertEquals(a.id(), updated.service().id());
+        assertTrue(updated.service().draining());
+        // Draining again answers the same and tells watchers nothing: the next event is b's update.
+        assertEquals(drained, owner.drain(a.id()));
+        owner.update(b.id(), Map.of("zone", "b"), false);
+        assertEquals(b.id(), next(changes, Duration.ofSeconds(5)).service().id());
+        // An update keeps it draining.
+        assertTrue(owner.update(a.id(), Map.of("zone", "a"), false).draining());
+        assertTrue(next(changes, Duration.ofSeconds(5)).service().draining());
+        // Query shows it, marked; get answers the others only, and waits while every match drains.
+        Service shown = reader.query("web@1.0.0").get(0);
+        assertEquals(a.id(), shown.id());
+        assertTrue(shown.draining());
+        assertEquals(List.of(b.id()), ids(reader.get("web", Duration.ofSeconds(5))));
+        SeaportException none = assertThrows(SeaportException.class, () -> reader.get("web@1.0.0", Duration.ofMillis(300)));
+        assertEquals(Status.Code.DEADLINE_EXCEEDED, none.code());
+        // The catalog keeps it, marked, and never picks it.
+        assertTrue(catalog.await(list -> list.stream().anyMatch(x -> x.id().equals(a.id()) && x.draining() && x.metadata().containsKey("zone")),
+            Duration.ofSeconds(5)), "the catalog never saw the drain");
+        assertEquals(2, catalog.size());
+        for (int i = 0; i < 4; i++) {
+          assertEquals(b.id(), catalog.pick().orElseThrow().id());
+          assertEquals(b.id(), catalog.pickRandom().orElseThrow().id());
+        }
+        assertTrue(catalog.pickExcluding(List.of(b.id())).isEmpty());
+      }
+    }
+  }
+
+  @Test
+  void aGracefulCloseDrainsWaitsThenFrees() throws Exception {
+    Seaportd s = start();
+    Duration drainWait = Duration.ofMillis(500);
+    try (SeaportClient reader = connect(s)) {
+      SeaportClient owner = SeaportClient.builder().address(s.address).drainWait(drainWait).connect();
+      Registration a = owner.register("web@1.0.0", RegisterOptions.defaults());
+      Registration b = owner.register("web@1.0.1", RegisterOptions.defaults());
+      try (SeaportClient.Watch changes = reader.watch("web")) {
+        assertEquals(List.of("EXISTING", "EXISTING", "SYNCED"), List.of(changes.next().kind(), changes.next().kind(), changes.next().kind()));
+        long started = System.nanoTime();
+        CompletableFuture<Void> closing = CompletableFuture.runAsync(owner::close);
+        Set<String> drained = new java.util.HashSet<>();
+        for (int i = 0; i < 2; i++) {
+          WatchEvent e = next(changes, Duration.ofSeconds(5));
+          assertEquals("UPDATED", e.kind());
+          assertTrue(e.service().draining());
+          drained.add(e.service().id());
+        }
+        assertEquals(Set.of(a.id(), b.id()), drained);
+        // While the drain wait lasts, readers are steered away but the registrations stay.
+        assertEquals(Set.of(a.id(), b.id()), Set.copyOf(ids(reader.query("web"))));
+        Set<String> freed = new java.util.HashSet<>();
+        for (int i = 0; i < 2; i++) {
+          WatchEvent e = next(changes, Duration.ofSeconds(5));
+          assertEquals("FREED", e.kind());
+          assertEquals(FreeReason.CLOSED, e.reason());
+          freed.add(e.service().id());
+        }
+        long freedMs = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started);
+        assertEquals(Set.of(a.id(), b.id()), freed);
+        closing.get(5, TimeUnit.SECONDS);
+        long closedMs = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started);
+        assertTrue(freedMs >= drainWait.toMillis(), "freed " + freedMs + " ms after close() began");
+        assertTrue(closedMs < drainWait.toMillis() + 1000, "close() took " + closedMs + " ms");
+      }
+    }
+  }
+
+  @Test
+  void aDrainedRegistrationIsDrainedAgainWhenReasserted() throws Exception {
+    Seaportd s = start();
+    try (SeaportClient owner = SeaportClient.builder().address(s.address).ttl(Duration.ofSeconds(1)).connect();
+         ClientEvents events = owner.events()) {
+      Registration a = owner.register("web@1.0.0", RegisterOptions.defaults());
+      Registration b = owner.register("web@1.0.1", RegisterOptions.defaults());
+      owner.drain(a.id());
+      s.stop();
+      s.start();
+      assertEquals(new ClientEvent.Reasserted(2, Map.of()),
+          last(eventsUntil(events, ClientEvent.Reasserted.class, Duration.ofSeconds(10)), ClientEvent.Reasserted.class));
+      Map<String, Service> back = new java.util.HashMap<>();
+      owner.query("web").forEach(x -> back.put(x.id(), x));
+      assertEquals(Set.of(a.id(), b.id()), back.keySet());
+      assertTrue(back.get(a.id()).draining(), "a came back without its drain");
+      assertFalse(back.get(b.id()).draining());
+      assertEquals(a.port(), back.get(a.id()).port());
+    }
+  }
+
+  @Test
+  void aStoppingServerSendsTheSessionToTheNextAddressAtOnce() throws Exception {
+    Seaportd a = start();
+    Seaportd b = start();
+    Duration ttl = Duration.ofSeconds(10);
+    try (SeaportClient owner = SeaportClient.builder().address(a.address).address(b.address).inOrder().ttl(ttl).connect();
+         ClientEvents events = owner.events()) {
+      Registration reg = owner.register("web@1.2.3", RegisterOptions.defaults());
+      assertEquals(a.address, last(eventsUntil(events, ClientEvent.Connected.class, Duration.ofSeconds(5)), ClientEvent.Connected.class).server());
+      long stopped = System.nanoTime();
+      a.process.destroy(); // SIGTERM
+      // The memory store's sessions live in one seaportd, so b opens a new one and the registration
+      // is re-asserted there, same id and port, well within the ttl.
+      List<ClientEvent> seen = eventsUntil(events, ClientEvent.Reasserted.class, ttl);
+      long movedMs = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - stopped);
+      assertEquals(List.of(new ClientEvent.Disconnected(a.address, "the server is stopping"), new ClientEvent.Freed(reg.id(), FreeReason.EXPIRED),
+          new ClientEvent.Connected(b.address, "127.0.0.1"), new ClientEvent.Reasserted(1, Map.of())), seen);
+      assertTrue(movedMs < 1000, "re-asserted at the next address " + movedMs + " ms after SIGTERM");
+      Service there = owner.query("web").get(0);
+      assertEquals(reg.id(), there.id());
+      assertEquals(reg.port(), there.port());
+      // a waits for its session streams to go, and this client's went at once.
+      assertTrue(a.process.waitFor(3, TimeUnit.SECONDS), "the stopping seaportd did not exit within 3s of SIGTERM");
+    }
+  }
 }
