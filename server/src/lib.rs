@@ -93,7 +93,8 @@ pub async fn run_with_admin(
         mtls: config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         require_cert_for_reads: config.require_client_cert_for_reads,
     });
-    let (registry, _reaper) = open_store(&config).await?;
+    let store_metrics = Arc::new(metrics::StoreMetrics::new());
+    let (registry, _reaper) = open_store(&config, &store_metrics).await?;
     registry.set_policy(policy);
     if registry.is_synced() {
         register_self(&registry, &config, local).await?;
@@ -127,7 +128,12 @@ pub async fn run_with_admin(
         (reflection().build_v1()?, reflection().build_v1alpha()?);
 
     let watchers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let metrics = Arc::new(metrics::Metrics::new(registry.clone(), watchers.clone()));
+    let on_etcd = matches!(config.store, config::StoreConfig::Etcd(_));
+    let metrics = Arc::new(metrics::Metrics::new(
+        registry.clone(),
+        watchers.clone(),
+        on_etcd.then_some(store_metrics),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (leaving_tx, leaving_rx) = tokio::sync::watch::channel(false);
     let sessions = Arc::new(tokio::sync::watch::Sender::new(0usize));
@@ -270,6 +276,9 @@ fn is_link_local(ip: &std::net::IpAddr) -> bool {
 /// guard (none with etcd: sessions expire there).
 async fn open_store(
     config: &Config,
+    #[cfg_attr(not(feature = "etcd"), allow(unused_variables))] observer: &Arc<
+        metrics::StoreMetrics,
+    >,
 ) -> Result<(Registry, Option<registry::ReaperGuard>), ServerError> {
     match &config.store {
         config::StoreConfig::Memory => {
@@ -286,9 +295,10 @@ async fn open_store(
                 key: etcd.key.clone(),
             };
             tracing::info!(endpoints = %etcd.endpoints.join(","), prefix = %etcd.prefix, "store: etcd");
-            let registry = seaport_etcd::EtcdStore::start(&options, config.limits.clone())
-                .await
-                .map_err(ServerError::Store)?;
+            let registry =
+                seaport_etcd::EtcdStore::start(&options, config.limits.clone(), observer.clone())
+                    .await
+                    .map_err(ServerError::Store)?;
             Ok((registry, None))
         }
         #[cfg(not(feature = "etcd"))]

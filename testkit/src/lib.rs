@@ -6,7 +6,9 @@
 
 pub mod etcd;
 pub mod logs;
+pub mod metrics;
 pub mod process;
+
 pub use etcd::EtcdCluster;
 pub use logs::Logs;
 pub use process::Seaportd;
