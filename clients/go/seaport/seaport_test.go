@@ -118,6 +118,37 @@ func dial(t *testing.T, addr string, opts ...seaport.Option) *seaport.Client {
 	return c
 }
 
+// dialAll dials the addresses in order, as one client.
+func dialAll(t *testing.T, addrs []string, opts ...seaport.Option) *seaport.Client {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := seaport.Dial(ctx, addrs, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// await reads events until one of kind comes, and fails the test if none
+// does within 10s.
+func await(t *testing.T, events <-chan seaport.ClientEvent, kind seaport.ClientEventKind) seaport.ClientEvent {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	var seen []string
+	for {
+		select {
+		case e := <-events:
+			if e.Kind == kind {
+				return e
+			}
+			seen = append(seen, e.Kind.String())
+		case <-timeout:
+			t.Fatalf("no %s event within 10s (saw %v)", kind, seen)
+		}
+	}
+}
+
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	t.Cleanup(cancel)
