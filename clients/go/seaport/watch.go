@@ -25,40 +25,61 @@ func SinceRevision(revision uint64) WatchOption {
 // change, across reconnects: each reconnect resumes after the last
 // revision seen (the changes missed, then SYNCED again), and one to
 // another server (whose revisions are its own) delivers RESET and a fresh
-// snapshot. The channel closes when ctx is
-// done, the client closes, or the server refuses the watch for good. A bad
-// pattern is reported at once. It opens no session.
+// snapshot. The channel closes when ctx is done, the client closes, or the
+// server refuses the watch for good. A refusal (a bad pattern) is reported
+// at once; an unavailable server is waited for until ctx is done. It opens
+// no session.
 func (c *Client) Watch(ctx context.Context, pattern string, opts ...WatchOption) (<-chan Event, error) {
 	req := &pb.WatchRequest{Pattern: pattern, Namespace: c.opts.namespace}
 	for _, o := range opts {
 		o(req)
 	}
-	l, err := c.connection()
+	l, stream, first, err := c.startWatch(ctx, req)
 	if err != nil {
 		return nil, err
-	}
-	stream, err := l.stub.Watch(ctx, req)
-	if err != nil {
-		c.failedOn(err, l.gen)
-		return nil, err
-	}
-	// The server answers headers once it accepts the watch, and a refusal
-	// (a bad pattern) with none; with a revision to resume from, no event
-	// may come for a while.
-	var first *pb.WatchEvent
-	if md, err := stream.Header(); err != nil || md == nil {
-		if first, err = stream.Recv(); err != nil {
-			c.failedOn(err, l.gen)
-			if errors.Is(err, io.EOF) {
-				err = status.Error(codes.Unavailable, "seaport: the server ended the watch at once")
-			}
-			return nil, err
-		}
 	}
 	events := make(chan Event, 64)
 	w := &watch{c: c, ctx: ctx, req: req, events: events}
 	go w.follow(l, stream, first)
 	return events, nil
+}
+
+// startWatch opens the watch, waiting while the server is unavailable, and
+// returns the first event if it had to read one to see the server accept.
+func (c *Client) startWatch(ctx context.Context, req *pb.WatchRequest) (link, pb.Registry_WatchClient, *pb.WatchEvent, error) {
+	for failures := 1; ; failures++ {
+		l, err := c.connection()
+		if err != nil {
+			return link{}, nil, nil, err
+		}
+		stream, err := l.stub.Watch(ctx, req)
+		var first *pb.WatchEvent
+		// The server answers headers once it accepts the watch, and a
+		// refusal (a bad pattern) with none; with a revision to resume
+		// from, no event may come for a while.
+		if err == nil {
+			if md, _ := stream.Header(); md == nil {
+				first, err = stream.Recv()
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			err = status.Error(codes.Unavailable, "seaport: the server ended the watch at once")
+		}
+		if err == nil {
+			return l, stream, first, nil
+		}
+		c.failedOn(err, l.gen)
+		if !c.movedOn(err, l.gen) || ctx.Err() != nil {
+			return link{}, nil, nil, err
+		}
+		select {
+		case <-time.After(jitter(failures, maxBackoff)):
+		case <-ctx.Done():
+			return link{}, nil, nil, status.FromContextError(ctx.Err()).Err()
+		case <-c.closing:
+			return link{}, nil, nil, errClosed
+		}
+	}
 }
 
 // watch is one Watch's goroutine's state.
