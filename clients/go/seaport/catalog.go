@@ -91,7 +91,7 @@ func (cat *Catalog) apply(e Event) bool {
 	return e.Kind == "SYNCED"
 }
 
-// Services is every matching service, ordered by id.
+// Services is every matching service, ordered by id, draining ones too.
 func (cat *Catalog) Services() []Service {
 	cat.mu.RLock()
 	defer cat.mu.RUnlock()
@@ -105,35 +105,41 @@ func (cat *Catalog) Len() int {
 	return len(cat.sorted)
 }
 
-// Pick is the next service, round robin; false when none matches.
+// Pick is the next service that is not draining, round robin; false when
+// there is none.
 func (cat *Catalog) Pick() (Service, bool) { return cat.PickExcluding() }
 
-// PickRandom is a service chosen at random; false when none matches.
+// PickRandom is a service that is not draining, chosen at random; false
+// when there is none.
 func (cat *Catalog) PickRandom() (Service, bool) {
-	cat.mu.RLock()
-	defer cat.mu.RUnlock()
-	if len(cat.sorted) == 0 {
+	candidates := cat.candidates()
+	if len(candidates) == 0 {
 		return Service{}, false
 	}
-	return cat.sorted[rand.IntN(len(cat.sorted))], true
+	return candidates[rand.IntN(len(candidates))], true
 }
 
-// PickExcluding is the next service round robin, skipping the ids in
-// exclude (the instances that just failed), for failover; false when none
-// is left.
+// PickExcluding is Pick skipping the ids in exclude too (the instances
+// that just failed), for failover; false when none is left.
 func (cat *Catalog) PickExcluding(exclude ...string) (Service, bool) {
-	cat.mu.RLock()
-	defer cat.mu.RUnlock()
-	candidates := make([]Service, 0, len(cat.sorted))
-	for _, s := range cat.sorted {
-		if !slices.Contains(exclude, s.ID) {
-			candidates = append(candidates, s)
-		}
-	}
+	candidates := cat.candidates(exclude...)
 	if len(candidates) == 0 {
 		return Service{}, false
 	}
 	return candidates[(cat.next.Add(1)-1)%uint64(len(candidates))], true
+}
+
+// candidates are the services a pick may choose: not draining, nor in exclude.
+func (cat *Catalog) candidates(exclude ...string) []Service {
+	cat.mu.RLock()
+	defer cat.mu.RUnlock()
+	candidates := make([]Service, 0, len(cat.sorted))
+	for _, s := range cat.sorted {
+		if !s.Draining && !slices.Contains(exclude, s.ID) {
+			candidates = append(candidates, s)
+		}
+	}
+	return candidates
 }
 
 // Close stops following the watch; the view stays as it was.

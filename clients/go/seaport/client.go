@@ -8,10 +8,12 @@
 // silent (no pong for half the ttl), the goroutine reconnects, to the next
 // address when several were given, with exponential backoff and full
 // jitter, and resumes the session, so nothing is freed and watchers see
-// nothing. Only when the server no longer knows the session (a restart, or
+// nothing; a server that says it is stopping is left at once for the next
+// address. Only when the server no longer knows the session (a restart, or
 // its ttl passed) does it open a new one and re-register exactly this
-// client's own registrations with their ids, hosts and ports. An admin's free
-// (Evicted) is final: the registration is forgotten, never registered again.
+// client's own registrations with their ids, hosts, ports and drains. An
+// admin's free (Evicted) is final: the registration is forgotten, never
+// registered again.
 //
 //	c, err := seaport.Dial(ctx, []string{"127.0.0.1:9090"})
 //	reg, err := c.Register(ctx, "web@1.2.3", seaport.Metadata(map[string]string{"zone": "a"}))
@@ -47,6 +49,7 @@ type options struct {
 	ttl       time.Duration
 	creds     credentials.TransportCredentials
 	events    chan<- ClientEvent
+	drainWait time.Duration
 }
 
 // Option configures Dial.
@@ -57,6 +60,19 @@ func WithNamespace(ns string) Option { return func(o *options) error { o.namespa
 
 // WithTTL sets the session ttl to ask for; without it the server's --default-ttl applies.
 func WithTTL(ttl time.Duration) Option { return func(o *options) error { o.ttl = ttl; return nil } }
+
+// WithDrainWait makes Close graceful: it drains every registration of the
+// client, waits d for their users to move away, then closes (which frees
+// them). Without it (or with 0) Close frees at once.
+func WithDrainWait(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("seaport: drain wait %v is negative; give 0 (off) or more", d)
+		}
+		o.drainWait = d
+		return nil
+	}
+}
 
 // WithTLS speaks TLS, trusting caPEM; certPEM and keyPEM (may be nil) are the client certificate for mTLS.
 func WithTLS(caPEM, certPEM, keyPEM []byte) Option {
@@ -94,7 +110,7 @@ type Client struct {
 	mu      sync.Mutex    // guards the session, owned and changed
 	changed chan struct{} // closed and replaced whenever a session comes up or ends
 	sess    *session      // nil while the client holds no registration
-	owned   map[string]*pb.RegisterRequest
+	owned   map[string]*owned
 	keepers sync.WaitGroup // the sessions' goroutines
 
 	closing chan struct{}
@@ -131,7 +147,7 @@ func Dial(ctx context.Context, addrs []string, opts ...Option) (*Client, error) 
 		return nil, errors.New("seaport: give at least one server address")
 	}
 	c := &Client{opts: options{creds: insecure.NewCredentials()}, addrs: addrs,
-		changed: make(chan struct{}), owned: map[string]*pb.RegisterRequest{}, closing: make(chan struct{})}
+		changed: make(chan struct{}), owned: map[string]*owned{}, closing: make(chan struct{})}
 	for _, o := range opts {
 		if err := o(&c.opts); err != nil {
 			return nil, err
@@ -245,9 +261,11 @@ func ready(ctx context.Context, conn *grpc.ClientConn, others bool) bool {
 }
 
 // Close ends the session, if any, freeing its registrations, and closes the
-// connection.
+// connection. With WithDrainWait it first drains the registrations and
+// waits that long.
 func (c *Client) Close() {
 	c.once.Do(func() {
+		c.drainAll()
 		c.mu.Lock()
 		close(c.closing)
 		if c.sess != nil {
@@ -271,4 +289,22 @@ func (c *Client) Close() {
 		c.conn, c.stub = nil, nil
 		c.connMu.Unlock()
 	})
+}
+
+// drainAll drains every registration of the client's and waits the drain
+// wait, when one is set, so that their users move away before Close frees
+// them. A registration that cannot be drained is freed all the same.
+func (c *Client) drainAll() {
+	c.mu.Lock()
+	ids := c.ownedIDsLocked()
+	c.mu.Unlock()
+	if c.opts.drainWait == 0 || len(ids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), openTimeout)
+	for _, id := range ids {
+		_, _ = c.Drain(ctx, id)
+	}
+	cancel()
+	time.Sleep(c.opts.drainWait)
 }

@@ -44,9 +44,10 @@ func (c *Client) movedOn(err error, gen int) bool {
 	return false
 }
 
-// Get waits until something matches pattern, across reconnects, or until
-// ctx's deadline, which the server is told as the Get's timeout
-// (DEADLINE_EXCEEDED, with the server's message). It opens no session.
+// Get waits, across reconnects, until something that is not draining
+// matches pattern, and returns those matches; or until ctx's deadline,
+// which the server is told as the Get's timeout (DEADLINE_EXCEEDED, with
+// the server's message). It opens no session.
 func (c *Client) Get(ctx context.Context, pattern string) ([]Service, error) {
 	deadline, _ := ctx.Deadline()
 	return c.get(ctx, pattern, deadline)

@@ -13,6 +13,8 @@ type Service struct {
 	Port                    uint32
 	Metadata                map[string]string
 	Namespace, Owner        string
+	// Draining: the instance is stopping and should get no new traffic.
+	Draining bool
 }
 
 // Address is host:port.
@@ -26,7 +28,7 @@ func (s Service) Address() string {
 func serviceOf(s *pb.Service) Service {
 	return Service{
 		ID: s.GetId(), Name: s.GetName(), Version: s.GetVersion(), Host: s.GetHost(), Port: s.GetPort(),
-		Metadata: s.GetMetadata(), Namespace: s.GetNamespace(), Owner: s.GetOwner(),
+		Metadata: s.GetMetadata(), Namespace: s.GetNamespace(), Owner: s.GetOwner(), Draining: s.GetDraining(),
 	}
 }
 

@@ -39,7 +39,16 @@ func (s *session) stop() {
 	}
 }
 
-var errSessionLost = errors.New("session lost")
+// owned is a registration of this client's, as it would be re-asserted.
+type owned struct {
+	req     *pb.RegisterRequest
+	drained bool // drained again when re-asserted
+}
+
+var (
+	errSessionLost    = errors.New("session lost")
+	errServerStopping = errors.New("the server is stopping")
+)
 
 // refusedError is the server refusing this client a session (no
 // certificate, or not its session): retrying cannot help.
@@ -184,6 +193,9 @@ func (c *Client) keep(s *session) {
 		}
 		var silent *silentError
 		c.failed(l.gen, errors.As(err, &silent))
+		if errors.Is(err, errServerStopping) && len(c.addrs) > 1 {
+			continue // at once to the next address, while the session lives on (or is re-opened there)
+		}
 		failures++
 		limit := maxBackoff
 		if resuming && ttl > 0 {
@@ -200,8 +212,8 @@ func (c *Client) keep(s *session) {
 // hold opens or resumes s on one Heartbeat stream over l and holds it until
 // it is closed (nil). It returns errSessionLost when the server does not
 // know the session, a *refusedError when it will not give this client one,
-// a *silentError when the server stops answering, and another error when
-// the stream breaks.
+// a *silentError when the server stops answering, errServerStopping when
+// it says it is shutting down, and another error when the stream breaks.
 //
 // Pings go every third of the ttl and a pong takes a round trip: no answer
 // for half the ttl is a dead path, declared while the session can still be
@@ -302,6 +314,8 @@ func (c *Client) hold(s *session, l link) error {
 			return nil
 		case reply.GetEvicted() != nil:
 			c.evicted(s, reply.GetEvicted())
+		case reply.GetStopping() != nil:
+			return errServerStopping
 		}
 	}
 }
@@ -359,26 +373,38 @@ func (c *Client) evicted(s *session, e *pb.Evicted) {
 // session, with their ids, hosts, ports and latest metadata.
 func (c *Client) reassert(stub pb.RegistryClient, session string) {
 	c.mu.Lock()
-	requests := make([]*pb.RegisterRequest, 0, len(c.owned))
-	for _, r := range c.owned {
-		again := proto.Clone(r).(*pb.RegisterRequest)
-		again.SessionId = session
-		requests = append(requests, again)
+	again := make([]owned, 0, len(c.owned))
+	for _, o := range c.owned {
+		r := proto.Clone(o.req).(*pb.RegisterRequest)
+		r.SessionId = session
+		again = append(again, owned{r, o.drained})
 	}
 	c.mu.Unlock()
-	if len(requests) == 0 {
+	if len(again) == 0 {
 		return
 	}
 	count := 0
-	for _, r := range requests {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := stub.Register(ctx, r)
-		cancel()
-		if err != nil { // another process may hold the port now; the rest still go back
-			c.emit(ClientEvent{Kind: ReassertFailed, ID: r.GetId(), Err: err})
+	for _, o := range again {
+		if err := reassertOne(stub, o); err != nil { // another process may hold the port now; the rest still go back
+			c.emit(ClientEvent{Kind: ReassertFailed, ID: o.req.GetId(), Err: err})
 			continue
 		}
 		count++
 	}
 	c.emit(ClientEvent{Kind: Reasserted, Count: count})
+}
+
+// reassertOne registers o again and, if the client had drained it, drains it again.
+func reassertOne(stub pb.RegistryClient, o owned) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := stub.Register(ctx, o.req); err != nil {
+		return err
+	}
+	if o.drained {
+		if _, err := stub.Drain(ctx, &pb.DrainRequest{SessionId: o.req.GetSessionId(), Id: o.req.GetId()}); err != nil {
+			return fmt.Errorf("draining it again: %w", err)
+		}
+	}
+	return nil
 }

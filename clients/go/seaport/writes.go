@@ -60,7 +60,7 @@ func (c *Client) register(ctx context.Context, req *pb.RegisterRequest) (*Regist
 		remembered := proto.Clone(req).(*pb.RegisterRequest)
 		remembered.Id, remembered.Host, remembered.Port = registered.ID, registered.Host, registered.Port
 		c.mu.Lock() // before the session is released, which would end it holding nothing
-		c.owned[registered.ID] = remembered
+		c.owned[registered.ID] = &owned{req: remembered}
 		c.mu.Unlock()
 		return nil
 	})
@@ -134,11 +134,35 @@ func (c *Client) update(ctx context.Context, req *pb.UpdateRequest) (Service, er
 	}
 	updated := serviceOf(reply.GetService())
 	c.mu.Lock()
-	if r, ok := c.owned[req.GetId()]; ok {
-		r.Metadata = updated.Metadata // re-asserted as it is now
+	if o, ok := c.owned[req.GetId()]; ok {
+		o.req.Metadata = updated.Metadata // re-asserted as it is now
 	}
 	c.mu.Unlock()
 	return updated, nil
+}
+
+// Drain marks a registration draining: the instance is stopping and
+// should get no new traffic. Get and catalog picks skip it, watchers see
+// it UPDATED with Draining set, and it stays draining until freed (an
+// Update keeps it so; draining again changes nothing). Like Free: this
+// client's own, or, under mTLS, its identity's (or any, for an admin). The
+// client drains its own again whenever it re-asserts them.
+func (c *Client) Drain(ctx context.Context, id string) (Service, error) {
+	var drained Service
+	err := c.write(ctx, func(stub pb.RegistryClient, session string) error {
+		reply, err := stub.Drain(ctx, &pb.DrainRequest{SessionId: session, Id: id})
+		if err != nil {
+			return err
+		}
+		drained = serviceOf(reply.GetService())
+		c.mu.Lock()
+		if o, ok := c.owned[id]; ok {
+			o.drained = true
+		}
+		c.mu.Unlock()
+		return nil
+	})
+	return drained, err
 }
 
 // Free frees a registration: this client's own, or, under mTLS, one its
