@@ -160,15 +160,7 @@ async fn reflection_v1alpha_lists_them_too() {
 
 /// The status line of an HTTP/1.1 request to `addr`.
 async fn http_status(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = admin::http(addr, method, path).await;
     answer.lines().next().unwrap_or_default().to_string()
 }
 

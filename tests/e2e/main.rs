@@ -10,4 +10,5 @@ mod query;
 mod register;
 mod semver_table;
 mod sessions;
+mod tls;
 mod watch;
