@@ -3,12 +3,11 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Output, Stdio};
-use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use seaport_client::{RegisterOptions, SeaportClient};
-use seaport_testkit::{PATIENCE, TestServer, eventually};
+use seaport_testkit::{PATIENCE, TestServer, eventually, test_config};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -245,12 +244,15 @@ async fn query_prints_a_table_json_or_addresses() {
 
 #[tokio::test]
 async fn get_waits_for_a_later_registration_and_times_out_cleanly() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with_admin(test_config()).await;
     let waiting = seaportctl(server.addr, &["get", "web@1.2.x", "--addresses"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("seaportctl's Get to wait at the server", async || {
+        server.metric("seaport_get_waiters").await == Some(1.0)
+    })
+    .await;
     let owner = client(server.addr).await;
     owner
         .register(

@@ -6,12 +6,9 @@ use std::time::Duration;
 use seaport::pb::{self, registry_client::RegistryClient};
 use seaport_client::{RegisterOptions, SeaportClient};
 use seaport_testkit::tls::{TempDir, identity_pem, init_certs, pem, try_query};
-use seaport_testkit::{Seaportd, eventually};
+use seaport_testkit::{PATIENCE, Seaportd, eventually};
 use tokio::net::TcpStream;
 use tokio_stream::StreamExt;
-
-/// How long any wait in these tests lasts at most.
-const PATIENCE: Duration = Duration::from_secs(20);
 
 /// seaportd as a process, with what these tests read of it.
 struct Process(Seaportd);
@@ -33,6 +30,11 @@ impl Process {
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
         let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
         Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+    }
+
+    /// Whether a line of its log so far contains `needle`.
+    fn logged(&self, needle: &str) -> bool {
+        self.0.log().iter().any(|l| l.contains(needle))
     }
 
     /// A query answered, within `limit`.
@@ -62,7 +64,10 @@ async fn sighup_in_plaintext_leaves_it_serving() {
     let seaportd = Process::start("").await;
     assert!(seaportd.answers_within(PATIENCE).await);
     hangup(seaportd.pid());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the SIGHUP to be handled", async || {
+        seaportd.logged("SIGHUP: nothing to reload")
+    })
+    .await;
     assert!(
         seaportd.answers_within(PATIENCE).await,
         "still serving after SIGHUP"
@@ -162,8 +167,11 @@ async fn out_of_descriptors_it_backs_off_and_recovers() {
     for _ in 0..300 {
         idle.push(TcpStream::connect(seaportd.0.addr).await.unwrap());
     }
-    // Let it run out, then measure a quiet two seconds.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("it to run out of descriptors", async || {
+        seaportd.logged("accepting connections failed")
+    })
+    .await;
+    // Not a wait for an event: the two seconds over which CPU is measured.
     let before = seaportd.cpu();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = seaportd.cpu() - before;

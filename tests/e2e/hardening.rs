@@ -108,6 +108,7 @@ async fn lively_sessions(server: &TestServer, count: usize) -> tokio::sync::mpsc
         register(&mut client, &session, "lively@1.0.0").await;
         tokio::spawn(async move {
             for seq in 0.. {
+                // A live client's cadence, not a wait for anything.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 if session.ping(seq).await.is_err() {
                     return;
@@ -167,6 +168,9 @@ async fn a_huge_register_is_refused_at_once_and_sessions_live_on() {
         "{}",
         status.message()
     );
+    // Waits out the sessions' 1s ttl: had the huge requests starved their
+    // pings, they would have expired by now. What must not happen has no
+    // event to wait for.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(freed.try_recv().is_err(), "no healthy session expired");
     assert_eq!(query(&mut server.client().await, "lively").await.len(), 20);
@@ -475,6 +479,8 @@ async fn silent_idle_and_surplus_connections_are_closed() {
     // A connection with a stream open stays past the idle timeout.
     let mut client = server.client().await;
     let mut session = open(&mut client, 5000).await;
+    // Waits out the 600ms idle timeout, and more, to show that nothing
+    // closes this connection: no event to wait for.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     session
         .ping(1)

@@ -79,7 +79,7 @@ async fn shutdown_ends_open_watch_and_heartbeat_streams() {
 async fn after_the_drain_new_connections_are_refused_while_calls_finish() {
     let mut config = test_config();
     config.shutdown_grace = Duration::from_secs(5);
-    let mut server = TestServer::start_with(config).await;
+    let mut server = TestServer::start_with_admin(config).await;
     let addr = server.addr;
     let mut client = server.client().await;
     // Waits for a name no one registers: in flight until the grace ends.
@@ -91,9 +91,10 @@ async fn after_the_drain_new_connections_are_refused_while_calls_finish() {
             })
             .await
     });
-    // Loopback delivers it in well under this.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!get.is_finished(), "the Get waits");
+    eventually("the Get to wait at the server", async || {
+        server.metric("seaport_get_waiters").await == Some(1.0)
+    })
+    .await;
     server.begin_shutdown();
     eventually("a new connection to be refused", || async {
         tokio::net::TcpStream::connect(addr).await.is_err()
