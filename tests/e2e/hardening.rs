@@ -488,6 +488,40 @@ async fn silent_idle_and_surplus_connections_are_closed() {
         .expect("the heartbeat's connection stays");
 }
 
+/// The types of the HTTP/2 frames in `bytes`, as a server sent them.
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let length =
+            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + length).min(bytes.len())..];
+    }
+    types
+}
+
+/// An idle connection is told to go (HTTP/2 GOAWAY) before it is closed,
+/// so a client that starts a call just then retries it elsewhere rather
+/// than losing it to a reset.
+#[tokio::test]
+async fn an_idle_connection_gets_goaway_before_it_is_closed() {
+    const GOAWAY: u8 = 0x7;
+    let mut config = test_config();
+    config.idle_timeout = Duration::from_millis(300);
+    // How long a client that does not answer the GOAWAY's ping is given.
+    config.handshake_timeout = Duration::from_millis(300);
+    let server = TestServer::start_with(config).await;
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(PREFACE).await.unwrap();
+    let mut sent = Vec::new();
+    tokio::time::timeout(PATIENCE, idle.read_to_end(&mut sent))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    let types = frame_types(&sent);
+    assert!(types.contains(&GOAWAY), "frames {types:?}");
+}
+
 #[tokio::test]
 async fn an_open_health_watch_does_not_hold_shutdown() {
     let mut config = test_config();

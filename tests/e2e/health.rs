@@ -108,6 +108,36 @@ async fn after_the_drain_new_connections_are_refused_while_calls_finish() {
     server.stop().await;
 }
 
+/// When the grace runs out the server is gone: a call still open then is
+/// cut off with it, not left running against a server that has stopped.
+#[tokio::test]
+async fn calls_still_open_when_the_grace_runs_out_are_cut_off() {
+    let mut config = test_config();
+    config.shutdown_grace = Duration::from_millis(500);
+    let server = TestServer::start_with_admin(config).await;
+    let mut client = server.client().await;
+    let get = tokio::spawn(async move {
+        client
+            .get(seaport::pb::GetRequest {
+                pattern: "nosuch".into(),
+                timeout_ms: 60_000,
+                ..Default::default()
+            })
+            .await
+    });
+    eventually("the Get to wait at the server", async || {
+        server.metric("seaport_get_waiters").await == Some(1.0)
+    })
+    .await;
+    server.stop().await;
+    let answer = tokio::time::timeout(PATIENCE, get)
+        .await
+        .expect("the call ends with the server")
+        .unwrap();
+    let status = answer.expect_err("no answer from a stopped server");
+    assert_ne!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+}
+
 /// The services a reflection client of `$version` lists.
 macro_rules! listed_services {
     ($version:ident, $server:expr) => {{
