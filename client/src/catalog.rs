@@ -66,7 +66,7 @@ impl Catalog {
         self.view.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every matching service, ordered by id.
+    /// Every matching service, draining ones too, ordered by id.
     pub fn services(&self) -> Vec<Service> {
         self.read().services.values().cloned().collect()
     }
@@ -81,7 +81,8 @@ impl Catalog {
         self.len() == 0
     }
 
-    /// The next service, round robin.
+    /// The next service, round robin. The picks never choose a draining
+    /// service: its instance is stopping.
     pub fn pick(&self) -> Option<Service> {
         self.pick_excluding(&[])
     }
@@ -89,10 +90,8 @@ impl Catalog {
     /// A service chosen at random.
     pub fn pick_random(&self) -> Option<Service> {
         let view = self.read();
-        let n = view.services.len();
-        (n > 0)
-            .then(|| view.services.values().nth(fastrand::usize(..n)).cloned())
-            .flatten()
+        let candidates: Vec<&Service> = view.services.values().filter(|s| !s.draining).collect();
+        (!candidates.is_empty()).then(|| candidates[fastrand::usize(..candidates.len())].clone())
     }
 
     /// The next service round robin, skipping the ids in `exclude` (the
@@ -102,7 +101,7 @@ impl Catalog {
         let candidates: Vec<&Service> = view
             .services
             .values()
-            .filter(|s| !exclude.contains(&s.id.as_str()))
+            .filter(|s| !s.draining && !exclude.contains(&s.id.as_str()))
             .collect();
         if candidates.is_empty() {
             return None;
