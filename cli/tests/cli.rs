@@ -508,13 +508,19 @@ async fn a_stopping_instance_drains_and_is_not_picked_while_it_still_serves() {
     .await;
     assert!(running(command), "the instance serves while it drains");
     let mut picks = 0;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     while catalog.services().iter().any(|s| s.id == "web-0") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "web-0 never left the catalog"
+        );
         assert_eq!(
             catalog.pick().unwrap().id,
             "web-1",
             "picked a draining instance"
         );
         picks += 1;
+        // How often picks are sampled through the drain wait.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(picks > 50, "only {picks} picks during the drain wait");
