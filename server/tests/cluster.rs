@@ -10,7 +10,7 @@ use seaport::pb::{self, registry_client::RegistryClient};
 use seaport_client::{ClientEvent, RegisterOptions, SeaportClient};
 use seaport_server::Config;
 use seaport_server::config::{EtcdConfig, StoreConfig};
-use seaport_testkit::metrics::{scrape, value};
+use seaport_testkit::admin::{scrape, value};
 use seaport_testkit::{
     EtcdCluster, PATIENCE, Seaportd, TestServer, assert_status, eventually, open, query, register,
     test_config,

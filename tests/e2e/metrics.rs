@@ -1,15 +1,13 @@
 //! /metrics on the admin port, read as Prometheus reads it.
 
 use seaport::pb;
-use seaport_testkit::metrics::{scrape, value};
+use seaport_testkit::admin::{scrape, value};
 use seaport_testkit::{TestServer, eventually, open, register, test_config};
 
 #[tokio::test]
 async fn metrics_count_rpcs_sessions_registrations_and_waiters() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_addr = admin.local_addr().unwrap();
-    let server = TestServer::serve(listener, Some(admin), test_config());
+    let server = TestServer::start_with_admin(test_config()).await;
+    let admin_addr = server.admin.unwrap();
     let mut client = server.client().await;
     let session = open(&mut client, 10_000).await;
     register(&mut client, &session, "web@1.0.0").await;

@@ -1,21 +1,30 @@
-//! /metrics on the admin port, read as Prometheus reads it.
+//! The plaintext admin port as probes and Prometheus read it: plain
+//! HTTP/1.1 requests, and /metrics parsed by a Prometheus text parser.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::PATIENCE;
 
-/// The admin port's /metrics, parsed by a Prometheus text-format parser.
-pub async fn scrape(admin: std::net::SocketAddr) -> prometheus_parse::Scrape {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: prometheus\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+/// The whole answer (status line, headers, body) to `method path` on
+/// `addr`, over a connection of its own.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
     tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut answer))
         .await
-        .unwrap()
+        .expect("an answer in time")
         .unwrap();
+    answer
+}
+
+/// The admin port's /metrics, parsed by a Prometheus text-format parser.
+pub async fn scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
+    let answer = http(admin, "GET", "/metrics").await;
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
