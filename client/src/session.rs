@@ -550,7 +550,11 @@ async fn hold(
     };
     *session = Some(opened.session_id.clone());
     shared.note_session_failure(None);
-    if !opened.resumed {
+    if opened.resumed {
+        shared.emit(ClientEvent::Resumed {
+            server: link.server.to_string(),
+        });
+    } else {
         reassert(shared, &mut rpc, &opened.session_id).await;
     }
     shared
