@@ -653,10 +653,6 @@ async fn a_cut_watch_resumes_from_its_last_revision() {
     let e = next(&mut watch).await.unwrap();
     assert_eq!(
         (e.kind, e.service.unwrap().id, e.reason),
-        (
-            EventKind::Freed,
-            first_id,
-            Some(seaport::FreeReason::Owner)
-        )
+        (EventKind::Freed, first_id, Some(seaport::FreeReason::Owner))
     );
 }

@@ -364,3 +364,54 @@ async fn an_admins_free_is_final_even_across_a_restart() {
     assert!(ids.contains(&kept.id()), "{ids:?}");
     assert!(!ids.contains(&evicted.id()), "{ids:?}");
 }
+
+/// A session's opening, close and expiry each get one log line that names
+/// the client's address and its certificate's identity, never the id.
+#[tokio::test]
+async fn session_log_lines_name_the_peer_and_the_identity() {
+    let logs = Logs::capture();
+    let dir = TempDir::new("session-logs");
+    init_certs(dir.path(), &["alice", "bob"]);
+    let server = TestServer::start_with(tls_config(dir.path())).await;
+    let alice = client(server.addr, dir.path(), "alice").await;
+    alice
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    alice.close().await;
+    let mut bob = tls_client(server.addr, dir.path(), Some((dir.path(), "bob")))
+        .await
+        .unwrap();
+    let session = seaport_testkit::open(&mut bob, 200).await;
+    let secret = session.drop_stream();
+    eventually("bob's session to expire", async || {
+        logs.count("session expired") == 1
+    })
+    .await;
+    let line = |what: &str| {
+        logs.text()
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} line in {}", logs.text()))
+            .to_string()
+    };
+    let opened = line("session opened");
+    assert!(
+        opened.contains("identity=alice") && opened.contains("host=127.0.0.1"),
+        "{opened}"
+    );
+    let closed = line("session closed");
+    assert!(
+        closed.contains("identity=alice") && closed.contains("peer=127.0.0.1:"),
+        "{closed}"
+    );
+    let expired = line("session expired");
+    assert!(
+        expired.contains("identity=bob") && expired.contains("host=127.0.0.1"),
+        "{expired}"
+    );
+    assert!(
+        !logs.text().contains(&secret),
+        "a session id is never logged"
+    );
+}

@@ -182,7 +182,8 @@ impl HeartbeatStream {
     ) -> Result<pb::HeartbeatResponse, Status> {
         match result {
             Ok(freed) => {
-                tracing::info!(session = self.label, freed, "session closed");
+                let peer = self.peer.map(|p| p.to_string()).unwrap_or_default();
+                tracing::info!(session = self.label, %peer, identity = %self.identity, freed, "session closed");
                 reply(Out::Closed(pb::SessionClosed {
                     freed: freed as u32,
                 }))
