@@ -61,10 +61,11 @@ pub enum ServerError {
 /// The gRPC service name of the registry, as health checks name it.
 pub const REGISTRY_SERVICE: &str = "seaport.v1.Registry";
 
-/// Serves the registry on `listener` until `shutdown` completes, then
-/// reports NOT_SERVING, keeps answering for `config.drain_delay` so probes
-/// and balancers notice, stops accepting and ends streams, and waits up to
-/// `config.shutdown_grace` for calls in flight.
+/// Serves the registry on `listener` until `shutdown` completes. Then it
+/// leaves: reports NOT_SERVING and tells every session to move to another
+/// server; after `config.drain_delay` (for probes and balancers to notice)
+/// and once the sessions have gone, it stops: accepts no more, ends the
+/// streams, and waits up to `config.shutdown_grace` for calls in flight.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -137,7 +138,6 @@ pub async fn run_with_admin(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (leaving_tx, leaving_rx) = tokio::sync::watch::channel(false);
     let sessions = Arc::new(tokio::sync::watch::Sender::new(0usize));
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     // Health Watch streams end at shutdown like the registry's own.
     let health_service = tonic_health::pb::health_server::HealthServer::new(
         grpc::StoppingHealth::new(health.clone(), stop_rx.clone()),
@@ -166,7 +166,7 @@ pub async fn run_with_admin(
         (config.max_watchers, watchers),
         grpc::Stop {
             leaving: leaving_rx,
-            stopped: stop_rx,
+            stopped: stop_rx.clone(),
             sessions: sessions.clone(),
         },
         metrics.clone(),
@@ -184,10 +184,12 @@ pub async fn run_with_admin(
         idle_timeout: config.idle_timeout,
         metrics,
     };
-    let drained = async {
-        let _ = drain_rx.await;
+    // The listener closes when the server stops, with the streams.
+    let mut stopping = stop_rx;
+    let stopped = async move {
+        let _ = stopping.wait_for(|stopped| *stopped).await;
     };
-    let mut server = std::pin::pin!(serve::serve(routes, listener, tls, settings, drained));
+    let mut server = std::pin::pin!(serve::serve(routes, listener, tls, settings, stopped));
     tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), tls = config.tls.is_some(), "seaportd serving");
 
     tokio::select! {
@@ -225,7 +227,6 @@ pub async fn run_with_admin(
         _ = settle => {}
     }
     let _ = stop_tx.send(true);
-    let _ = drain_tx.send(());
     match tokio::time::timeout(config.shutdown_grace, &mut server).await {
         Ok(()) => {}
         Err(_) => {
