@@ -10,7 +10,7 @@ use tonic::Code;
 
 use seaport_testkit::*;
 
-async fn client_for(addresses: &[std::net::SocketAddr]) -> SeaportClient {
+pub(crate) async fn client_for(addresses: &[std::net::SocketAddr]) -> SeaportClient {
     addresses
         .iter()
         .fold(SeaportClient::builder(), |b, a| b.endpoint(a.to_string()))
@@ -22,7 +22,7 @@ async fn client_for(addresses: &[std::net::SocketAddr]) -> SeaportClient {
 }
 
 /// The next item of a stream, within the test's patience.
-async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
+pub(crate) async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
     tokio::time::timeout(PATIENCE, stream.next())
         .await
         .expect("an item in time")
