@@ -29,7 +29,7 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
 pub use config::Config;
-use grpc::{RegistryServer, RegistryService};
+use grpc::{RegistryRpcs, RegistryServer};
 use registry::{NewService, Registry};
 
 /// Why the server could not start or stopped with an error.
@@ -160,7 +160,7 @@ pub async fn run_with_admin(
         registry.clone(),
         stop_rx.clone(),
     );
-    let registry_service = RegistryServer::new(RegistryService::new(
+    let registry_service = RegistryServer::new(RegistryRpcs::new(
         registry.clone(),
         auth,
         (config.max_watchers, watchers),

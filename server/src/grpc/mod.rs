@@ -33,7 +33,7 @@ pub use crate::pb::registry_server::RegistryServer;
 const GET_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
 /// The `seaport.v1.Registry` service.
-pub struct RegistryService {
+pub struct RegistryRpcs {
     registry: Registry,
     auth: Arc<Auth>,
     /// Watch streams open now, and how many may be.
@@ -57,7 +57,7 @@ pub struct Stop {
     pub sessions: Arc<watch::Sender<usize>>,
 }
 
-impl RegistryService {
+impl RegistryRpcs {
     /// The service over a registry, checking callers with `auth`, with at
     /// most `max_watchers` Watch streams at once; `stop` moves sessions
     /// away and ends streams; every RPC is counted in `metrics`, and the
@@ -69,7 +69,7 @@ impl RegistryService {
         stop: Stop,
         metrics: Arc<Metrics>,
     ) -> Self {
-        RegistryService {
+        RegistryRpcs {
             registry,
             auth,
             watchers,
@@ -207,7 +207,7 @@ fn get_deadline<T>(request: &Request<T>, timeout_ms: u64) -> Option<Duration> {
     }
 }
 
-impl RegistryService {
+impl RegistryRpcs {
     /// Counts an RPC's answer.
     fn observe<T>(&self, method: Method, started: Instant, answer: &Result<T, Status>) {
         let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
@@ -417,7 +417,7 @@ impl RegistryService {
 
 /// Each RPC, counted with the code it answers and the time it took.
 #[tonic::async_trait]
-impl RegistryApi for RegistryService {
+impl RegistryApi for RegistryRpcs {
     type HeartbeatStream = Stopping<pb::HeartbeatResponse>;
     type WatchStream = Stopping<pb::WatchEvent>;
 
