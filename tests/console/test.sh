@@ -14,7 +14,11 @@ target=${CARGO_TARGET_DIR:-$root/target}
 case $target in /*) ;; *) target=$root/$target ;; esac
 
 if [ -z "${SEAPORTD:-}" ] || [ -z "${SEAPORTCTL:-}" ]; then
-  (cd "$root" && cargo build --quiet --bin seaportd --bin seaportctl)
+  # With protoc, the etcd store too, as scripts/test's other suites build
+  # seaportd, so that the binary is not built twice.
+  features=()
+  command -v protoc >/dev/null 2>&1 && features=(--features seaport-server/etcd)
+  (cd "$root" && cargo build --quiet "${features[@]}" --bin seaportd --bin seaportctl)
   export SEAPORTD=$target/debug/seaportd SEAPORTCTL=$target/debug/seaportctl
 fi
 

@@ -1,6 +1,6 @@
 //! `GET /api/events`: one console's live view as server-sent events.
 //!
-//! A task per console reads a registry [`Watch`] of its namespace and
+//! A task per console reads a registry `Watch` of its namespace and
 //! filter and feeds a bounded channel that the response reads as the
 //! browser takes it. A slow browser fills the channel, the task stops
 //! reading its watch, and the watch, which reads the registry's broadcast
