@@ -22,7 +22,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 SEAPORTD = os.environ["SEAPORTD"]
 SEAPORTCTL = os.environ["SEAPORTCTL"]
@@ -204,6 +204,13 @@ def rows(driver, container):
              .map(r => r.dataset.id)""", container))
 
 
+def text(driver, css):
+    """The shown text of the first element `css` selects, read in one
+    script: the page redraws its pages as events come."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null", css)
+
+
 def visit(driver, page):
     driver.find_element(By.CSS_SELECTOR, f'nav a[data-page="{page}"]').click()
     wait(driver, f"the {page} page", lambda d: d.find_element(By.ID, f"page-{page}").is_displayed())
@@ -229,20 +236,20 @@ def test_the_page_follows_the_registry_live_and_recovers_from_a_restart(workdir,
         browser.execute_script("window.loadedOnce = true")
 
         # Registered: shown within a second, without a reload.
-        web.register("web@1.2.3", 10001, "web-a", "zone=a")
+        holder = web.register("web@1.2.3", 10001, "web-a", "zone=a")
         registered = time.monotonic()
         wait(browser, "web-a to appear", lambda d: "web-a" in rows(d, "services"), timeout=LIVE)
         print(f"registration shown {time.monotonic() - registered:.3f}s after seaportctl returned")
-        row = browser.find_element(By.CSS_SELECTOR, '#services tr[data-id="web-a"]')
-        assert "127.0.0.1:10001" in row.text and "zone=a" in row.text and "up" in row.text
+        row = text(browser, '#services tr[data-id="web-a"]')
+        assert "127.0.0.1:10001" in row and "zone=a" in row and "up" in row
         # A browser with no certificate reads, and only reads.
         assert not browser.find_elements(By.CSS_SELECTOR, "#services td.actions button")
         assert "Read-only" in browser.find_element(By.ID, "you").text
 
         # Updated: the metadata changes in place.
         web.run("update", "web-a", "--meta", "zone=b")
-        wait(browser, "web-a's new metadata", lambda d: "zone=b" in d.find_element(
-            By.CSS_SELECTOR, '#services tr[data-id="web-a"] td.metadata').text, timeout=LIVE)
+        wait(browser, "web-a's new metadata", lambda d: "zone=b" in (text(
+            d, '#services tr[data-id="web-a"] td.metadata') or ""), timeout=LIVE)
 
         web.register("web@2.0.0", 10002, "web-b", "zone=c")
         web.register("api@0.3.0", 10003, "api-a")
@@ -273,6 +280,10 @@ def test_the_page_follows_the_registry_live_and_recovers_from_a_restart(workdir,
         # Freed: gone within a second.
         web.run("free", "web-a")
         wait(browser, "web-a to go", lambda d: "web-a" not in rows(d, "services"), timeout=LIVE)
+        # Its process would register it again after the restart below, as a
+        # client does with what it holds.
+        holder.send_signal(signal.SIGTERM)
+        holder.wait(timeout=PATIENCE)
 
         # The change feed: registered, updated and freed, with revisions.
         visit(browser, "changes")
@@ -293,7 +304,7 @@ def test_the_page_follows_the_registry_live_and_recovers_from_a_restart(workdir,
 
         # The server: version, store, revision, health.
         visit(browser, "server")
-        fact = lambda d, name: d.find_element(By.CSS_SELECTOR, f'#server-facts dd[data-fact="{name}"]').text
+        fact = lambda d, name: text(d, f'#server-facts dd[data-fact="{name}"]')
         wait(browser, "the server's facts", lambda d: fact(d, "Store") == "memory" and fact(d, "Health") == "SERVING")
         assert fact(browser, "Version") and int(fact(browser, "Revision")) >= max(revisions)
         shot(browser, "server")
@@ -307,7 +318,11 @@ def test_the_page_follows_the_registry_live_and_recovers_from_a_restart(workdir,
         shot(browser, "disconnected")
         server.start()
         wait(browser, "the page to recover", lambda d: status(d) == "live")
-        wait(browser, "the re-asserted registrations", lambda d: rows(d, "services") == {"web-b", "api-a"})
+        try:
+            wait(browser, "the re-asserted registrations", lambda d: rows(d, "services") == {"web-b", "api-a"})
+        except AssertionError:
+            logs = {p.name: p.read_text() for p in workdir.glob("register-*.log")}
+            raise AssertionError(f"shown: {rows(browser, 'services')}; seaportctl: {logs}")
         assert browser.execute_script("return window.loadedOnce") is True, "the page was reloaded"
 
         # Phone width: no sideways scrolling of the page itself.
@@ -349,6 +364,21 @@ def test_keyboard_reaches_every_page_and_the_filter(workdir, browser):
         assert headers[:3] == ["VERSION", "ADDRESS", "ID"] or headers[:3] == ["Version", "Address", "ID"]
         caption = browser.find_element(By.CSS_SELECTOR, "#services table caption")
         assert caption.get_attribute("textContent") == "db: 1 version, 1 instance"
+
+        # The namespace picker lists the namespaces that hold registrations,
+        # and shows one's.
+        staging = Ctl(server)
+        staging.env["SEAPORT_NAMESPACE"] = "staging"
+        try:
+            staging.register("db@6.0.0", 10011, "db-staging")
+            picker = Select(browser.find_element(By.ID, "namespace"))
+            wait(browser, "the staging namespace in the picker",
+                 lambda d: "staging" in [o.get_attribute("value") for o in picker.options])
+            picker.select_by_value("staging")
+            wait(browser, "staging's registrations", lambda d: rows(d, "services") == {"db-staging"})
+            assert "namespace staging" in browser.find_element(By.ID, "services-summary").text
+        finally:
+            staging.close()
     finally:
         ctl.close()
         server.stop()

@@ -20,6 +20,7 @@
     retries: 0,
     retryTimer: null,
     renderTimer: null,
+    dirty: new Set(), // what to draw again: 'registry', 'server', 'you'
     checks: 0,
   };
 
@@ -56,14 +57,14 @@
       state.hello = JSON.parse(e.data);
       state.retries = 0;
       setStatus('live');
-      schedule();
+      schedule('you');
     });
     source.addEventListener('service', (e) => onService(JSON.parse(e.data)));
     source.addEventListener('recent', (e) => onRecent(JSON.parse(e.data)));
     source.addEventListener('server', (e) => {
       const facts = JSON.parse(e.data);
       if (facts.version) state.server = facts;
-      schedule();
+      schedule('server');
     });
     source.addEventListener('error', () => {
       if (state.source !== source) return;
@@ -116,12 +117,12 @@
     if (event.kind !== 'existing' && state.building === null) {
       state.revision = Math.max(state.revision, event.revision);
     }
-    schedule();
+    if (event.kind !== 'existing') schedule('registry');
   }
 
   function onRecent(data) {
     addToFeed(data.changes);
-    schedule();
+    schedule('registry');
   }
 
   function addToFeed(events) {
@@ -221,7 +222,8 @@
     $('main').focus();
   });
 
-  function schedule() {
+  function schedule(part) {
+    state.dirty.add(part);
     if (state.renderTimer === null) {
       state.renderTimer = setTimeout(() => {
         state.renderTimer = null;
@@ -230,14 +232,26 @@
     }
   }
 
+  // Draws what changed; a focused button keeps the focus across the redraw.
   function render() {
-    renderServices();
-    renderHosts();
-    renderChanges();
-    renderServer();
-    renderNamespaces();
-    renderYou();
+    const focused = document.activeElement && document.activeElement.getAttribute('aria-label');
+    const dirty = state.dirty;
+    state.dirty = new Set();
+    if (dirty.has('registry') || dirty.has('you')) {
+      renderServices();
+      renderHosts();
+      renderChanges();
+    }
+    if (dirty.has('server') || dirty.has('registry')) {
+      renderServer();
+      renderNamespaces();
+    }
+    if (dirty.has('you')) renderYou();
     setStatus($('status').dataset.state);
+    if (focused) {
+      const again = [...document.querySelectorAll('button[aria-label]')].find((b) => b.getAttribute('aria-label') === focused);
+      if (again && !again.disabled) again.focus();
+    }
   }
 
   function compareVersions(a, b) {
