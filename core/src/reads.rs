@@ -101,6 +101,14 @@ impl Registry {
         Watch::new(self.clone(), selector, feed, pending)
     }
 
+    /// Every change from now on, in every namespace, and the revision they
+    /// follow: for a reader of the whole registry's history, such as the
+    /// web console's record of when each change happened.
+    pub fn changes(&self) -> (broadcast::Receiver<Arc<Change>>, u64) {
+        let state = self.lock();
+        (self.shared.feed.subscribe(), state.revision)
+    }
+
     /// A fresh subscription and the snapshot it starts from, ending in Synced.
     pub(crate) fn snapshot(
         &self,

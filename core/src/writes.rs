@@ -329,10 +329,10 @@ impl Registry {
             .ok_or_else(|| RegistryError::UnknownService(id.to_string()))
     }
 
-    /// Whether `actor` is an admin. Asked only of a caller who is not the
-    /// owner: reading the policy on every owner's write would have both
-    /// cores write its lock word.
-    fn is_admin(&self, actor: &Actor) -> bool {
+    /// Whether `actor` is an admin under the policy in force. The writes
+    /// ask only of a caller who is not the owner: reading the policy on
+    /// every owner's write would have both cores write its lock word.
+    pub fn is_admin(&self, actor: &Actor) -> bool {
         self.shared
             .policy
             .read()

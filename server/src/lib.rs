@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 mod coalesce;
 pub mod config;
+mod console;
 pub mod grpc;
 pub mod metrics;
 pub use seaport_core as registry;
@@ -81,6 +82,17 @@ pub async fn run_with_admin(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    run_with_console(listener, admin, None, config, shutdown).await
+}
+
+/// `run_with_admin`, also serving the web console on `console`.
+pub async fn run_with_console(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    console: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let local = listener.local_addr()?;
     let tls = match &config.tls {
         Some(files) => Some(Arc::new(RwLock::new(files.load()?))),
@@ -147,10 +159,25 @@ pub async fn run_with_admin(
         tokio::spawn(admin::run(
             admin,
             health_service.clone(),
-            ready_rx,
+            ready_rx.clone(),
             metrics.clone(),
             stop_rx.clone(),
         ));
+    }
+    if let Some(listener) = console {
+        console::spawn(
+            listener,
+            console::Context {
+                registry: registry.clone(),
+                auth: auth.clone(),
+                tls: tls.clone(),
+                ready: ready_rx,
+                watchers: watchers.clone(),
+                stop: stop_rx.clone(),
+                about: console::About::of(&config, advertised_host(&config, local), local.port()),
+                handshake_timeout: config.handshake_timeout,
+            },
+        );
     }
     // Always: a SIGHUP must never end the process, even with nothing to
     // reload.

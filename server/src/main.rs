@@ -139,6 +139,9 @@ struct Args {
     /// Serve grpc.health.v1 and HTTP /healthz and /readyz in plaintext here (for probes).
     #[arg(long, env = "SEAPORT_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// Serve the web console here: HTTP, or HTTPS with --tls-cert (off unless given).
+    #[arg(long, env = "SEAPORT_CONSOLE_LISTEN")]
+    console_listen: Option<SocketAddr>,
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "SEAPORT_LOG", default_value = "info")]
     log: String,
@@ -321,7 +324,8 @@ async fn main() -> ExitCode {
     }
     // One crypto provider, chosen explicitly: see DESIGN's note on rustls.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (listen, admin_listen) = (args.listen, args.admin_listen);
+    let (listen, admin_listen, console_listen) =
+        (args.listen, args.admin_listen, args.console_listen);
     let config = args.config().unwrap_or_else(|e| e.exit());
     let mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     if !listen.ip().is_loopback() && !mtls {
@@ -339,16 +343,22 @@ async fn main() -> ExitCode {
             Some(a) => Some(bind(a, "--admin-listen").await?),
             None => None,
         };
-        Ok::<_, String>((main, admin))
+        let console = match console_listen {
+            Some(a) => Some(bind(a, "--console-listen").await?),
+            None => None,
+        };
+        Ok::<_, String>((main, admin, console))
     };
-    let (listener, admin) = match listeners.await {
+    let (listener, admin, console) = match listeners.await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("seaportd: {e}");
             return ExitCode::from(1);
         }
     };
-    match seaport_server::run_with_admin(listener, admin, config, shutdown_signal()).await {
+    match seaport_server::run_with_console(listener, admin, console, config, shutdown_signal())
+        .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("seaportd: {e}");

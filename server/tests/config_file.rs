@@ -102,3 +102,37 @@ async fn the_file_is_what_a_served_seaportd_runs_with() {
         "JSON lines, as the file says: {log:?}"
     );
 }
+
+#[tokio::test]
+async fn the_console_listens_where_the_file_says() {
+    let file = File::new("console", "console-listen = \"127.0.0.1:0\"\n");
+    let served = Seaportd::start(
+        env!("CARGO_BIN_EXE_seaportd"),
+        "",
+        &["--config".into(), file.path()],
+    )
+    .await;
+    let log = served.log();
+    let addr = log
+        .iter()
+        .find(|l| l.contains("web console serving"))
+        .and_then(|l| l.split("console=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the console's address in the log: {log:?}"));
+    let page = tokio::task::spawn_blocking({
+        let addr = addr.to_string();
+        move || {
+            use std::io::{Read, Write};
+            let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+            tcp.write_all(b"GET / HTTP/1.1\r\nhost: seaport\r\nconnection: close\r\n\r\n")
+                .unwrap();
+            let mut page = String::new();
+            tcp.read_to_string(&mut page).unwrap();
+            page
+        }
+    })
+    .await
+    .unwrap();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<title>Seaport console</title>"), "{page}");
+}
