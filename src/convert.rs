@@ -102,6 +102,7 @@ impl From<&Service> for pb::Service {
             owner: s.owner.to_string(),
             create_revision: s.create_revision,
             mod_revision: s.mod_revision,
+            draining: s.draining,
         }
     }
 }
@@ -137,6 +138,7 @@ impl TryFrom<pb::Service> for Service {
             session_id: "".into(),
             create_revision: s.create_revision,
             mod_revision: s.mod_revision,
+            draining: s.draining,
         })
     }
 }
@@ -159,6 +161,7 @@ mod tests {
             session_id: "".into(),
             create_revision: 3,
             mod_revision: 5,
+            draining: true,
         };
         let wire = pb::Service::from(&s);
         assert_eq!(wire.version, "1.2.3-beta.1");

@@ -38,6 +38,8 @@ pub struct Service {
     pub create_revision: u64,
     /// Revision of its last change.
     pub mod_revision: u64,
+    /// Its instance is stopping: listed, but chosen for no new traffic.
+    pub draining: bool,
 }
 
 impl Service {

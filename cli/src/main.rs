@@ -120,6 +120,11 @@ enum Command {
         /// The registration's id.
         id: String,
     },
+    /// Mark a registration draining (its instance is stopping: Get and proxies stop choosing it); the same callers as free may.
+    Drain {
+        /// The registration's id.
+        id: String,
+    },
     /// Change a registration's metadata: only its own process may, or under mTLS its owner's identity.
     Update {
         /// The registration's id.
@@ -173,6 +178,9 @@ struct RegisterArgs {
     /// Stop restarting COMMAND after this many restarts.
     #[arg(long)]
     max_restarts: Option<u32>,
+    /// On SIGINT or SIGTERM, first mark the registration draining and wait this long (COMMAND still serving), then stop COMMAND and free it.
+    #[arg(long, default_value = "0s", value_parser = seaport::parse_duration)]
+    drain_wait: Duration,
     /// Existing service: free the registration while the port refuses TCP connections.
     #[arg(long, value_enum)]
     check: Option<Check>,
@@ -270,9 +278,9 @@ fn not_yours(cli: &Cli, e: Error) -> Failure {
     let mut failure = Failure::from(e);
     if failure.code == EXIT_DENIED && cli.cert.is_none() {
         failure.message.push_str(
-            ". Without mTLS only the process that registered it, through its own session, may update or free it \
+            ". Without mTLS only the process that registered it, through its own session, may update, drain or free it \
              (stop that process and its registrations are freed with its session); \
-             under mTLS (seaportd --client-ca) so may a certificate of its owner's identity, and an admin's may free it",
+             under mTLS (seaportd --client-ca) so may a certificate of its owner's identity, and an admin's may drain or free it",
         );
     }
     failure
@@ -361,6 +369,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             days,
         }) => certs_init(dir, server_names, clients, *days),
         Command::Free { id } => free(&cli, id).await,
+        Command::Drain { id } => drain(&cli, id).await,
         Command::Update {
             id,
             meta,
@@ -382,6 +391,7 @@ async fn register(cli: &Cli, args: &RegisterArgs) -> Result<u8, Failure> {
         meta,
         id,
         max_restarts,
+        drain_wait,
         check,
         check_interval,
         command,
@@ -403,6 +413,7 @@ async fn register(cli: &Cli, args: &RegisterArgs) -> Result<u8, Failure> {
     let mut signals = supervise::Signals::new(&client)?;
     let registration = client.register(role, options.clone()).await?;
     signals.watch_eviction(registration.id());
+    signals.drain_first(&registration, *drain_wait);
     eprintln!(
         "seaportctl: registered {role} at {} (id {})",
         registration.service().address(),
@@ -500,6 +511,20 @@ async fn free(cli: &Cli, id: &str) -> Result<u8, Failure> {
     let client = connect(cli).await?;
     let freed = client.free(id).await.map_err(|e| not_yours(cli, e))?;
     println!("freed {} {} {}", freed.role(), freed.address(), freed.id);
+    client.close().await;
+    Ok(0)
+}
+
+/// Marks a registration draining.
+async fn drain(cli: &Cli, id: &str) -> Result<u8, Failure> {
+    let client = connect(cli).await?;
+    let drained = client.drain(id).await.map_err(|e| not_yours(cli, e))?;
+    println!(
+        "draining {} {} {}",
+        drained.role(),
+        drained.address(),
+        drained.id
+    );
     client.close().await;
     Ok(0)
 }

@@ -38,6 +38,7 @@ pub(crate) fn service_json(s: &Service) -> Value {
         "owner": &*s.owner,
         "create_revision": s.create_revision,
         "mod_revision": s.mod_revision,
+        "draining": s.draining,
     })
 }
 
@@ -91,11 +92,15 @@ pub(crate) fn services(list: &[Service], format: Format, addresses: bool) -> Str
                             .unwrap_or_else(|| "-".into()),
                         s.address(),
                         s.id.clone(),
+                        state(s).into(),
                         metadata_text(&s.metadata),
                     ]
                 })
                 .collect();
-            table(&["NAME", "VERSION", "ADDRESS", "ID", "METADATA"], &rows)
+            table(
+                &["NAME", "VERSION", "ADDRESS", "ID", "STATE", "METADATA"],
+                &rows,
+            )
         }
     }
 }
@@ -120,9 +125,10 @@ pub(crate) fn grouped(list: &[Service]) -> String {
         }
         let meta = metadata_text(&s.metadata);
         out.push(format!(
-            "    {}  {}{}",
+            "    {}  {}{}{}",
             s.address(),
             s.id,
+            if s.draining { "  draining" } else { "" },
             if meta.is_empty() {
                 String::new()
             } else {
@@ -131,6 +137,11 @@ pub(crate) fn grouped(list: &[Service]) -> String {
         ));
     }
     out.join("\n")
+}
+
+/// `draining` for an instance that takes no new traffic, else `up`.
+fn state(s: &Service) -> &'static str {
+    if s.draining { "draining" } else { "up" }
 }
 
 fn event_word(kind: EventKind) -> &'static str {
@@ -160,6 +171,9 @@ pub(crate) fn event_line(event: &Event, format: Format, verbose: bool, now: Syst
         Format::Table => match &event.service {
             Some(s) => {
                 let mut line = format!("{time} {word} {} {} {}", s.role(), s.address(), s.id);
+                if s.draining {
+                    line.push_str(" draining");
+                }
                 if verbose {
                     line.push(' ');
                     line.push_str(&metadata_text(&s.metadata));
@@ -194,6 +208,7 @@ mod tests {
             session_id: "s".into(),
             create_revision: 1,
             mod_revision: 1,
+            draining: false,
         }
     }
 
@@ -215,7 +230,7 @@ mod tests {
         let list = [web()];
         assert_eq!(
             services(&list, Format::Table, false),
-            "NAME  VERSION  ADDRESS          ID   METADATA\nweb   1.2.3    127.0.0.1:10001  abc  zone=a"
+            "NAME  VERSION  ADDRESS          ID   STATE  METADATA\nweb   1.2.3    127.0.0.1:10001  abc  up     zone=a"
         );
         assert_eq!(services(&list, Format::Table, true), "127.0.0.1:10001");
         assert_eq!(
@@ -257,9 +272,10 @@ mod tests {
         let mut other = web();
         other.id = "def".into();
         other.port = 10002;
+        other.draining = true;
         assert_eq!(
             grouped(&[web(), other]),
-            "web\n  1.2.3\n    127.0.0.1:10001  abc  zone=a\n    127.0.0.1:10002  def  zone=a"
+            "web\n  1.2.3\n    127.0.0.1:10001  abc  zone=a\n    127.0.0.1:10002  def  draining  zone=a"
         );
     }
 }

@@ -38,6 +38,8 @@ pub(crate) struct Signals {
     events: std::pin::Pin<Box<dyn Stream<Item = ClientEvent> + Send>>,
     /// The registration's id, once made.
     id: Option<String>,
+    /// Drained for this long on a signal, before COMMAND stops.
+    drain: Option<(Registration, Duration)>,
 }
 
 /// Why `seaportctl register` stops.
@@ -56,7 +58,17 @@ impl Signals {
             term: install(SignalKind::terminate())?,
             events: Box::pin(client.events()),
             id: None,
+            drain: None,
         })
+    }
+
+    /// On a signal, drains `registration` and waits `wait` before
+    /// stopping: traffic moves to other instances while COMMAND still
+    /// serves. A second signal cuts the wait short.
+    pub(crate) fn drain_first(&mut self, registration: &Registration, wait: Duration) {
+        if !wait.is_zero() {
+            self.drain = Some((registration.clone(), wait));
+        }
     }
 
     /// Watches for an admin's free of registration `id` from now on.
@@ -65,6 +77,30 @@ impl Signals {
     }
 
     async fn recv(&mut self) -> Stop {
+        let stop = self.next().await;
+        if let (Stop::Signal(_), Some((registration, wait))) = (&stop, self.drain.take()) {
+            match registration.drain().await {
+                Ok(_) => {
+                    eprintln!(
+                        "seaportctl: draining registration {} for {}",
+                        registration.id(),
+                        humantime::format_duration(wait)
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.next() => {}
+                    }
+                }
+                Err(e) => eprintln!(
+                    "seaportctl: could not drain registration {}: {e}",
+                    registration.id()
+                ),
+            }
+        }
+        stop
+    }
+
+    async fn next(&mut self) -> Stop {
         loop {
             tokio::select! {
                 _ = self.int.recv() => return Stop::Signal(Signal::SIGINT),
@@ -110,6 +146,40 @@ async fn stop_child(child: &mut Child, sig: Signal) -> i32 {
     code
 }
 
+/// A command that runs `command[0]` and, where util-linux's `setpriv` is
+/// installed, gets SIGTERM when seaportctl dies (a parent-death signal,
+/// which survives exec), so a SIGKILLed seaportctl leaves no server
+/// holding a port the registry has freed. Without setpriv it runs as is.
+fn dying_with_us(command: &[String]) -> Result<Command, Failure> {
+    let program = find_program(&command[0])
+        .ok_or_else(|| Failure::other(format!("cannot run {:?}: not found", command[0])))?;
+    Ok(match find_program("setpriv") {
+        Some(setpriv) if cfg!(target_os = "linux") => {
+            let mut wrapped = Command::new(setpriv);
+            wrapped.args(["--pdeathsig", "TERM", "--"]).arg(program);
+            wrapped
+        }
+        _ => Command::new(program),
+    })
+}
+
+/// `name` if it holds a `/`, else the first executable file of that name
+/// on PATH.
+fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let path = std::path::PathBuf::from(name);
+        return executable(&path).then_some(path);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| executable(p))
+}
+
 /// Runs `command` with the port appended and in PORT, restarting it when
 /// it exits, until a signal (forwarded to it) or `max_restarts`. Returns
 /// the child's exit code; the caller closes the session, freeing the port.
@@ -125,7 +195,7 @@ pub(crate) async fn run_command(
     loop {
         // A process group of its own, so that a stop reaches everything
         // the command started, not only its first process.
-        let mut child = Command::new(&command[0])
+        let mut child = dying_with_us(command)?
             .args(&command[1..])
             .arg(&port)
             .env("PORT", &port)

@@ -213,7 +213,7 @@ async fn query_prints_a_table_json_or_addresses() {
     assert!(table.status.success(), "{}", stderr(&table));
     assert_eq!(
         stdout(&table),
-        "NAME  VERSION  ADDRESS        ID  METADATA\nweb   1.2.3    10.0.0.7:8080  w1  zone=a\n"
+        "NAME  VERSION  ADDRESS        ID  STATE  METADATA\nweb   1.2.3    10.0.0.7:8080  w1  up     zone=a\n"
     );
     let json = run(server.addr, &["query", "web", "-o", "json"]).await;
     let parsed: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
@@ -349,7 +349,7 @@ async fn completions_are_printed_for_bash() {
 }
 
 #[tokio::test]
-async fn free_and_update_of_another_processs_registration_are_refused_and_explained() {
+async fn free_update_and_drain_of_another_processs_registration_are_refused_and_explained() {
     let server = TestServer::start().await;
     let owner = client(server.addr).await;
     let web = owner
@@ -359,6 +359,7 @@ async fn free_and_update_of_another_processs_registration_are_refused_and_explai
     for args in [
         vec!["free", web.id()],
         vec!["update", web.id(), "--meta", "zone=b"],
+        vec!["drain", web.id()],
     ] {
         let out = run(server.addr, &args).await;
         assert_eq!(out.status.code(), Some(9), "{args:?}: {}", stderr(&out));
@@ -370,10 +371,10 @@ async fn free_and_update_of_another_processs_registration_are_refused_and_explai
             assert!(stderr(&out).contains(says), "{}", stderr(&out));
         }
     }
-    assert_eq!(
-        owner.query("web").await.unwrap().len(),
-        1,
-        "nothing changed"
+    let listed = owner.query("web").await.unwrap();
+    assert!(
+        listed.len() == 1 && !listed[0].draining && listed[0].metadata.is_empty(),
+        "nothing changed: {listed:?}"
     );
 }
 
@@ -392,28 +393,137 @@ async fn a_stop_reaches_everything_the_command_started() {
     )
     .spawn()
     .unwrap();
-    eventually("the server behind the shell to start", async || {
-        std::fs::read_to_string(&pidfile).is_ok_and(|p| p.ends_with('\n'))
-    })
-    .await;
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = pid_in(&pidfile).await;
     kill(Pid::from_raw(ctl.id().unwrap() as i32), Signal::SIGTERM).unwrap();
     tokio::time::timeout(PATIENCE, ctl.wait())
         .await
         .unwrap()
         .unwrap();
-    // Gone, or a zombie waiting for init to reap it.
-    let running = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            !stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('Z'))
-        })
-    };
-    eventually("the server behind the shell to stop", async || !running()).await;
+    eventually("the server behind the shell to stop", async || {
+        !running(pid)
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether process `pid` runs: gone, or a zombie waiting for init to reap
+/// it, is not running.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
+}
+
+/// The pid a command wrote to `path`, once it has.
+async fn pid_in(path: &Path) -> i32 {
+    eventually("the command to write its pid", async || {
+        std::fs::read_to_string(path).is_ok_and(|p| p.ends_with('\n'))
+    })
+    .await;
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A SIGKILLed seaportctl cannot stop its command, so the command gets a
+/// parent-death signal: it must not go on holding a port the registry
+/// frees with the session.
+#[tokio::test]
+async fn a_killed_seaportctl_takes_its_command_with_it() {
+    let server = TestServer::start().await;
+    let dir = std::env::temp_dir().join(format!("seaportctl-orphan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("command.pid");
+    let script = format!("echo $$ > {}; exec sleep 600", pidfile.display());
+    let mut ctl = seaportctl(
+        server.addr,
+        &["register", "web@1.0.0", "--", "sh", "-c", &script, "sh"],
+    )
+    .spawn()
+    .unwrap();
+    let pid = pid_in(&pidfile).await;
+    assert!(running(pid));
+    ctl.start_kill().unwrap();
+    ctl.wait().await.unwrap();
+    eventually("the command to die with seaportctl", async || !running(pid)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A rolling update: of two instances, the one whose seaportctl is told
+/// to stop drains first, keeps serving for --drain-wait, and from the
+/// moment a client's catalog sees it draining, the client never picks it.
+#[tokio::test]
+async fn a_stopping_instance_drains_and_is_not_picked_while_it_still_serves() {
+    let server = TestServer::start().await;
+    let dir = std::env::temp_dir().join(format!("seaportctl-rolling-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut instances = Vec::new();
+    for n in 0..2 {
+        let pidfile = dir.join(format!("web-{n}.pid"));
+        let script = format!("echo $$ > {}; exec sleep 600", pidfile.display());
+        let ctl = seaportctl(
+            server.addr,
+            &[
+                "register",
+                "web@1.0.0",
+                "--id",
+                &format!("web-{n}"),
+                "--drain-wait",
+                "1500ms",
+                "--",
+                "sh",
+                "-c",
+                &script,
+                "sh",
+            ],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        instances.push((ctl, pid_in(&pidfile).await));
+    }
+    let reader = client(server.addr).await;
+    let catalog = reader.catalog("web@1.x").await.unwrap();
+    eventually("both instances in the catalog", async || catalog.len() == 2).await;
+
+    let (mut stopping, command) = instances.remove(0);
+    kill(
+        Pid::from_raw(stopping.id().unwrap() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    eventually("the catalog to see web-0 draining", async || {
+        catalog
+            .services()
+            .iter()
+            .any(|s| s.id == "web-0" && s.draining)
+    })
+    .await;
+    assert!(running(command), "the instance serves while it drains");
+    let mut picks = 0;
+    while catalog.services().iter().any(|s| s.id == "web-0") {
+        assert_eq!(
+            catalog.pick().unwrap().id,
+            "web-1",
+            "picked a draining instance"
+        );
+        picks += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(picks > 50, "only {picks} picks during the drain wait");
+    tokio::time::timeout(PATIENCE, stopping.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    eventually("web-0's command to stop", async || !running(command)).await;
+    let listed = reader.query("web").await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["web-1"]
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

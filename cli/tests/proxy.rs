@@ -603,6 +603,76 @@ async fn http_gateway_fails_over_and_takes_new_instances_at_once() {
 }
 
 #[tokio::test]
+async fn draining_instances_get_no_new_connections() {
+    let server = TestServer::start().await;
+    let registrar = client(&[server.addr]).await;
+    let mut web = Vec::new();
+    for (name, version) in [("a", "1.0.0"), ("b", "1.0.1"), ("c", "1.0.2")] {
+        web.push(http_upstream(&registrar, &format!("web@{version}"), name).await);
+    }
+    let _db_a = tcp_upstream(&registrar, "db@1.0.0", "a").await;
+    let db_b = tcp_upstream(&registrar, "db@1.0.1", "b").await;
+    let _db_c = tcp_upstream(&registrar, "db@1.0.2", "c").await;
+    let http_proxy = Proxy::start(&[server.addr], &["http", "--listen", "127.0.0.1:0"], 1).await;
+    let tcp_proxy = Proxy::start(&[server.addr], &["tcp", "--listen", "127.0.0.1:0", "db@1.x"], 1).await;
+    let http = http_client();
+    let base = format!("http://{}", http_proxy.addr());
+    let (mut open, mut opened_on) = tcp_via(tcp_proxy.addr()).await;
+    while opened_on != "b" {
+        (open, opened_on) = tcp_via(tcp_proxy.addr()).await;
+    }
+
+    registrar.drain(&web[1].id()).await.unwrap();
+    registrar.drain(&db_b.id()).await.unwrap();
+
+    // HTTP: once the gateway's catalog has it, b gets nothing new.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = get(&http, format!("{base}/list/web@1.x")).await;
+        let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let b = listed.as_array().unwrap().iter().find(|s| s["id"] == web[1].id().as_str());
+        if b.is_some_and(|b| b["draining"] == true) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b never listed as draining");
+        tokio::task::yield_now().await;
+    }
+    let mut names = Vec::new();
+    for _ in 0..12 {
+        let (status, body) = get(&http, format!("{base}/role/web@1.x/")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        names.push(who(&body));
+    }
+    assert_eq!(counts(names), expect(&[("a", 6), ("c", 6)]));
+
+    // TCP: a full round of the others without b, then none for b at all;
+    // the connection b already had goes on.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while names_via(tcp_proxy.addr(), 3).await.contains(&"b".to_string()) {
+        assert!(tokio::time::Instant::now() < deadline, "b still served");
+    }
+    let names = names_via(tcp_proxy.addr(), 12).await;
+    assert_eq!(counts(names), expect(&[("a", 6), ("c", 6)]));
+    open.write_all(b"still\n").await.unwrap();
+    let mut echo = String::new();
+    open.read_line(&mut echo).await.unwrap();
+    assert_eq!(echo, "still\n", "open connections to a draining instance go on");
+
+    // Every instance draining: nothing to send to, and the answer says so.
+    registrar.drain(&web[0].id()).await.unwrap();
+    registrar.drain(&web[2].id()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = get(&http, format!("{base}/role/web@1.x/")).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(body, "every instance of web@1.x is draining\n");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still served: {body}");
+    }
+}
+
+#[tokio::test]
 async fn http_gateway_answers_503_and_502_with_a_reason() {
     let server = TestServer::start().await;
     let registrar = client(&[server.addr]).await;

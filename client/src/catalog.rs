@@ -66,7 +66,7 @@ impl Catalog {
         self.view.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every matching service, ordered by id.
+    /// Every matching service, draining ones too, ordered by id.
     pub fn services(&self) -> Vec<Service> {
         self.read().services.values().cloned().collect()
     }
@@ -81,12 +81,13 @@ impl Catalog {
         self.len() == 0
     }
 
-    /// The service with this id, if it matches.
+    /// The service with this id, if it matches (draining or not).
     pub fn service(&self, id: &str) -> Option<Service> {
         self.read().services.get(id).cloned()
     }
 
-    /// The next service, round robin.
+    /// The next service, round robin. The picks never choose a draining
+    /// service: its instance is stopping.
     pub fn pick(&self) -> Option<Service> {
         self.pick_excluding(&[])
     }
@@ -141,11 +142,12 @@ impl Catalog {
     }
 }
 
-/// The services a pick may choose: every one not in `exclude`.
+/// The services a pick may choose: every one neither draining nor in
+/// `exclude`.
 fn candidates<'a>(view: &'a View, exclude: &[&str]) -> Vec<&'a Service> {
     view.services
         .values()
-        .filter(|s| !exclude.contains(&s.id.as_str()))
+        .filter(|s| !s.draining && !exclude.contains(&s.id.as_str()))
         .collect()
 }
 

@@ -46,7 +46,7 @@ pub use seaport::EventKind;
 pub use seaport::{Pattern, Range, Role, Service};
 pub use watch::{Event, WatchStream};
 
-use session::{Conn, Shared, Want};
+use session::{Conn, Owned, Shared, Want};
 
 /// How many ports `bind` tries before giving up.
 const BIND_ATTEMPTS: usize = 5;
@@ -115,6 +115,7 @@ pub struct Options {
     request_timeout: Duration,
     backoff_base: Duration,
     backoff_max: Duration,
+    drain_wait: Duration,
     tls: Option<Tls>,
 }
 
@@ -146,6 +147,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(10),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            drain_wait: Duration::ZERO,
             tls: None,
         }
     }
@@ -202,6 +204,15 @@ impl Builder {
     pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.options.backoff_base = base;
         self.options.backoff_max = max;
+        self
+    }
+
+    /// How long [`close`](SeaportClient::close) leaves this client's
+    /// registrations draining before it frees them, so that traffic moves
+    /// to other instances first (a rolling update). Zero, the default,
+    /// frees at once.
+    pub fn drain_wait(mut self, wait: Duration) -> Self {
+        self.options.drain_wait = wait;
         self
     }
 
@@ -472,7 +483,13 @@ impl SeaportClient {
             port: u32::from(service.port),
             ..request
         };
-        self.owned().insert(service.id.clone(), remembered);
+        self.owned().insert(
+            service.id.clone(),
+            Owned {
+                request: remembered,
+                draining: false,
+            },
+        );
         Ok(Registration::new(self.clone(), service))
     }
 
@@ -507,7 +524,7 @@ impl SeaportClient {
         })
     }
 
-    fn owned(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, pb::RegisterRequest>> {
+    fn owned(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Owned>> {
         self.shared.owned.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -561,7 +578,7 @@ impl SeaportClient {
             .into_inner();
         let service = Service::try_from(reply.service.unwrap_or_default())?;
         if let Some(owned) = self.owned().get_mut(id) {
-            owned.metadata = service
+            owned.request.metadata = service
                 .metadata
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
@@ -589,6 +606,30 @@ impl SeaportClient {
         Ok(Service::try_from(
             reply.into_inner().service.unwrap_or_default(),
         )?)
+    }
+
+    /// Marks a registration draining: its instance is stopping, so `get`
+    /// and the catalogs' picks stop choosing it, while it stays listed
+    /// until freed. The same registrations as [`free`](Self::free) may be
+    /// drained; draining is one-way. One of this client's own stays
+    /// draining when re-asserted.
+    pub async fn drain(&self, id: &str) -> Result<Service> {
+        let (conn, session_id) = self.session().await?;
+        let request = pb::DrainRequest {
+            session_id,
+            id: id.to_string(),
+        };
+        let reply = conn
+            .rpc
+            .clone()
+            .drain(request)
+            .await
+            .map_err(|s| self.failure(&conn, s))?
+            .into_inner();
+        if let Some(owned) = self.owned().get_mut(id) {
+            owned.draining = true;
+        }
+        Ok(Service::try_from(reply.service.unwrap_or_default())?)
     }
 
     /// The services matching `pattern` (`name`, `name@range` or empty) now.
@@ -698,8 +739,19 @@ impl SeaportClient {
     }
 
     /// Ends the session, if one was opened (freeing its registrations), and
-    /// stops the client.
+    /// stops the client. With a [`drain_wait`](Builder::drain_wait), first
+    /// drains this client's registrations and waits that long.
     pub async fn close(self) {
+        let wait = self.shared.options.drain_wait;
+        let ids: Vec<String> = self.owned().keys().cloned().collect();
+        if !wait.is_zero() && !ids.is_empty() {
+            for id in &ids {
+                if let Err(e) = self.drain(id).await {
+                    tracing::warn!(%id, error = %e, "could not drain a registration before closing");
+                }
+            }
+            tokio::time::sleep(wait).await;
+        }
         let _ = self.shared.closed.send(true);
         let task = self
             .life

@@ -111,6 +111,12 @@ impl Registration {
         self.client.free(&self.service.id).await.map(|_| ())
     }
 
+    /// Marks the registration draining: its instance is stopping, so no
+    /// new traffic should come (see [`SeaportClient::drain`]).
+    pub async fn drain(&self) -> Result<Service> {
+        self.client.drain(&self.service.id).await
+    }
+
     /// A guard that frees the registration when dropped.
     pub fn free_on_drop(self) -> RegistrationGuard {
         RegistrationGuard(Some(self))

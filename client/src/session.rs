@@ -36,6 +36,14 @@ pub(crate) struct Conn {
     pub(crate) seen: Seen,
 }
 
+/// One of this client's own registrations, as it would be re-asserted.
+#[derive(Clone, Debug)]
+pub(crate) struct Owned {
+    pub(crate) request: pb::RegisterRequest,
+    /// Drained by this client: drained again when re-asserted.
+    pub(crate) draining: bool,
+}
+
 /// Whether the client wants a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Want {
@@ -75,7 +83,7 @@ pub(crate) struct Shared {
     /// one is held.
     session_failure: Mutex<Option<Status>>,
     /// This client's own registrations, as they would be re-asserted.
-    pub(crate) owned: Mutex<BTreeMap<String, pb::RegisterRequest>>,
+    pub(crate) owned: Mutex<BTreeMap<String, Owned>>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
     /// Flips to true when the client closes.
     pub(crate) closed: watch::Sender<bool>,
@@ -118,6 +126,8 @@ enum Ended {
     SessionLost,
     /// The connection or stream failed; `was_up` if it had worked.
     Failed { reason: String, was_up: bool },
+    /// The server is stopping: resume the session at the next server now.
+    Moving,
 }
 
 impl Shared {
@@ -158,7 +168,7 @@ impl Shared {
             .remove(id);
     }
 
-    fn owned_requests(&self) -> Vec<pb::RegisterRequest> {
+    fn owned_requests(&self) -> Vec<Owned> {
         self.owned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -318,12 +328,28 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 failed(trouble, false)
             }
         };
+        // A stopping server: with another server to go to, move at once;
+        // with none, reconnect as after a drop, so as not to spin on a
+        // server that is going away.
+        let ended = match ended {
+            Ended::Moving if shared.endpoints().len() <= 1 => failed(STOPPING, true),
+            other => other,
+        };
         match ended {
             Ended::Closed => break,
             Ended::SessionLost => {
                 shared.conn.send_replace(None);
                 shared.emit(ClientEvent::SessionLost);
                 session = None;
+                continue;
+            }
+            Ended::Moving => {
+                tracing::info!(%server, "the server is stopping; moving to the next");
+                shared.emit(ClientEvent::Disconnected {
+                    server: server.clone(),
+                    reason: STOPPING.into(),
+                });
+                failures = 0;
                 continue;
             }
             Ended::Failed { reason, was_up } => {
@@ -364,6 +390,9 @@ pub(crate) fn full_jitter(base: Duration, max: Duration, attempt: u32) -> Durati
 pub(crate) async fn until_closed(closed: &mut watch::Receiver<bool>) {
     let _ = closed.wait_for(|c| *c).await;
 }
+
+/// Why a client left a server that told it it is stopping.
+const STOPPING: &str = "the server is stopping";
 
 fn msg(kind: In) -> pb::HeartbeatRequest {
     pb::HeartbeatRequest { kind: Some(kind) }
@@ -444,9 +473,9 @@ async fn serve(shared: &Shared, link: &Link<'_>, session: &mut Option<String>) -
 fn refused(shared: &Shared, session: &mut Option<String>, Refusal { code, message }: Refusal) {
     tracing::warn!(?code, %message, "the server refused this client a session");
     if session.take().is_some() {
-        for request in shared.owned_requests() {
+        for owned in shared.owned_requests() {
             shared.emit(ClientEvent::ReassertFailed {
-                id: request.id,
+                id: owned.request.id,
                 reason: message.clone(),
             });
         }
@@ -562,6 +591,10 @@ async fn hold(
                     tracing::warn!(id = %evicted.id, by = %evicted.by, "an admin freed a registration of this client");
                     shared.emit(ClientEvent::Evicted { id: evicted.id, by: evicted.by });
                 }
+                Ok(Some(pb::HeartbeatResponse { kind: Some(Out::Stopping(_)) })) => {
+                    shared.conn.send_replace(None);
+                    return Ok(Ended::Moving);
+                }
                 Ok(Some(_)) => last_answer = tokio::time::Instant::now(),
                 Ok(None) => return Ok(failed("the server ended the session stream", true)),
                 Err(status) if status.code() == Code::NotFound => return Ok(Ended::SessionLost),
@@ -594,11 +627,23 @@ async fn reassert(shared: &Shared, rpc: &mut RegistryClient<Channel>, session_id
         return;
     }
     let mut count = 0;
-    for mut request in owned {
+    for Owned {
+        mut request,
+        draining,
+    } in owned
+    {
         request.session_id = session_id.to_string();
         let id = request.id.clone();
-        match rpc.register(request).await {
-            Ok(_) => count += 1,
+        let mut answer = rpc.register(request).await.map(drop);
+        if draining && answer.is_ok() {
+            let drain = pb::DrainRequest {
+                session_id: session_id.to_string(),
+                id: id.clone(),
+            };
+            answer = rpc.drain(drain).await.map(drop);
+        }
+        match answer {
+            Ok(()) => count += 1,
             Err(status) => {
                 tracing::warn!(%id, reason = status.message(), "could not re-assert a registration");
                 shared.emit(ClientEvent::ReassertFailed {

@@ -472,6 +472,7 @@ fn test_service(id: &str, version: Option<&str>, host: &str, port: u16) -> Arc<S
         session_id: "s".into(),
         create_revision: 1,
         mod_revision: 1,
+        draining: false,
     })
 }
 

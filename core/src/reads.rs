@@ -46,14 +46,15 @@ impl Registry {
         (state.index.select(selector), state.revision)
     }
 
-    /// Like `query`, but waits until at least one service matches. Dropping
-    /// the future leaves nothing behind.
+    /// Like `query`, but without draining services, and waits until at
+    /// least one matches. Dropping the future leaves nothing behind.
     pub async fn get(&self, selector: &Selector) -> (Vec<Arc<Service>>, u64) {
         let mut waiting = None;
         loop {
             let mut feed = {
                 let state = self.lock();
-                let found = state.index.select(selector);
+                let mut found = state.index.select(selector);
+                found.retain(|s| !s.draining);
                 if !found.is_empty() {
                     return (found, state.revision);
                 }

@@ -74,8 +74,8 @@ pub enum Write {
         /// Its session's lease.
         lease: i64,
     },
-    /// New metadata; the registration must be unchanged since
-    /// `previous_revision`.
+    /// A changed registration (its metadata, or draining); it must be
+    /// unchanged since `previous_revision`.
     Update {
         /// The registration as it is to be.
         service: Arc<Service>,

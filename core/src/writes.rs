@@ -126,6 +126,7 @@ impl Registry {
             session_id,
             create_revision: revision,
             mod_revision: revision,
+            draining: false,
         });
         place(state, &service);
         self.publish(
@@ -192,6 +193,7 @@ impl Registry {
                     session_id,
                     create_revision: 0,
                     mod_revision: 0,
+                    draining: false,
                 });
                 (Write::Register { service, lease }, id)
             };
@@ -236,38 +238,87 @@ impl Registry {
             let mut state = self.lock();
             let state = &mut *state;
             let (previous, metadata) = updated(state, limits, session_id, id, change, actor)?;
-            let revision = state.revision + 1;
-            let service = Arc::new(Service {
+            let next = Service {
                 metadata,
-                mod_revision: revision,
                 ..(*previous).clone()
-            });
-            place(state, &service);
-            self.publish(
-                state,
-                revision,
-                ChangeKind::Updated,
-                service.clone(),
-                Some(previous),
-            );
-            return Ok(service);
+            };
+            return Ok(self.replace_here(state, previous, next));
         };
         let write = {
             let state = self.lock();
             let (previous, metadata) = updated(&state, limits, session_id, id, change, actor)?;
-            Write::Update {
-                lease: state
-                    .sessions
-                    .open
-                    .get(&*previous.session_id)
-                    .map_or(0, |s| s.lease),
-                previous_revision: previous.mod_revision,
-                service: Arc::new(Service {
-                    metadata,
-                    ..(*previous).clone()
-                }),
-            }
+            let next = Service {
+                metadata,
+                ..(*previous).clone()
+            };
+            replacing(&state, &previous, next)
         };
+        self.replace_through(store.as_ref(), write, id).await
+    }
+
+    /// Marks a registration draining: the same callers as `free` may. A
+    /// registration already draining is answered as it is, with no change.
+    pub async fn drain(&self, session_id: &str, id: &str, actor: &Actor) -> Result<Arc<Service>> {
+        let Some(store) = &self.shared.store else {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let (previous, _) = authorize(state, session_id, id, actor, || self.is_admin(actor))?;
+            if previous.draining {
+                return Ok(previous.clone());
+            }
+            let previous = previous.clone();
+            let next = Service {
+                draining: true,
+                ..(*previous).clone()
+            };
+            return Ok(self.replace_here(state, previous, next));
+        };
+        let write = {
+            let state = self.lock();
+            let (previous, _) = authorize(&state, session_id, id, actor, || self.is_admin(actor))?;
+            if previous.draining {
+                return Ok(previous.clone());
+            }
+            let next = Service {
+                draining: true,
+                ..(**previous).clone()
+            };
+            replacing(&state, previous, next)
+        };
+        self.replace_through(store.as_ref(), write, id).await
+    }
+
+    /// Puts `next` in `previous`'s place in memory, as an UPDATED change.
+    fn replace_here(
+        &self,
+        state: &mut State,
+        previous: Arc<Service>,
+        next: Service,
+    ) -> Arc<Service> {
+        let revision = state.revision + 1;
+        let service = Arc::new(Service {
+            mod_revision: revision,
+            ..next
+        });
+        place(state, &service);
+        self.publish(
+            state,
+            revision,
+            ChangeKind::Updated,
+            service.clone(),
+            Some(previous),
+        );
+        service
+    }
+
+    /// Makes a replacing `write` through the store; answers the
+    /// registration `id` as the index then holds it.
+    async fn replace_through(
+        &self,
+        store: &dyn Store,
+        write: Write,
+        id: &str,
+    ) -> Result<Arc<Service>> {
         let revision = store.commit(write).await?;
         self.caught_up(revision).await?;
         let state = self.lock();
@@ -278,17 +329,20 @@ impl Registry {
             .ok_or_else(|| RegistryError::UnknownService(id.to_string()))
     }
 
+    /// Whether `actor` is an admin. Asked only of a caller who is not the
+    /// owner: reading the policy on every owner's write would have both
+    /// cores write its lock word.
+    fn is_admin(&self, actor: &Actor) -> bool {
+        self.shared
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_admin(&actor.identity)
+    }
+
     /// Frees a registration; only its owner, or an admin, may.
     pub async fn free(&self, session_id: &str, id: &str, actor: &Actor) -> Result<Arc<Service>> {
-        // The policy is read only for a caller who is not the owner: both
-        // cores would otherwise write its lock word on every free.
-        let admin = || {
-            self.shared
-                .policy
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_admin(&actor.identity)
-        };
+        let admin = || self.is_admin(actor);
         let Some(store) = &self.shared.store else {
             return self.free_here(session_id, id, actor, admin);
         };
@@ -482,6 +536,20 @@ fn updated(
     metadata.extend(set);
     limits.check_metadata(metadata.iter())?;
     Ok((previous.clone(), metadata))
+}
+
+/// The store write that puts `next` in `previous`'s place, if
+/// `previous` is unchanged meanwhile.
+fn replacing(state: &State, previous: &Service, next: Service) -> Write {
+    Write::Update {
+        lease: state
+            .sessions
+            .open
+            .get(&*previous.session_id)
+            .map_or(0, |s| s.lease),
+        previous_revision: previous.mod_revision,
+        service: Arc::new(next),
+    }
 }
 
 /// `first`, or another random id if a registration holds it (one chance

@@ -136,6 +136,9 @@ struct ServiceValue {
     namespace: String,
     owner: String,
     session: String,
+    /// Absent in values written before draining existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    draining: bool,
 }
 
 pub(crate) fn encode_service(service: &Service) -> Vec<u8> {
@@ -152,6 +155,7 @@ pub(crate) fn encode_service(service: &Service) -> Vec<u8> {
         namespace: service.namespace.to_string(),
         owner: service.owner.to_string(),
         session: service.session_id.to_string(),
+        draining: service.draining,
     };
     serde_json::to_vec(&value).expect("a service always encodes")
 }
@@ -181,6 +185,7 @@ pub(crate) fn decode_service(
         session_id: Arc::from(value.session),
         create_revision: create_revision as u64,
         mod_revision: mod_revision as u64,
+        draining: value.draining,
     })
 }
 
@@ -219,6 +224,7 @@ mod tests {
             session_id: "s1".into(),
             create_revision: 3,
             mod_revision: 9,
+            draining: true,
         };
         assert_eq!(
             decode_service("web-1", &encode_service(&service), 3, 9),

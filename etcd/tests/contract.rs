@@ -3,7 +3,7 @@
 //! test is written once, against `Registry`, and generated for each store
 //! by `contract!`: register, re-assert, ids and ports taken, update, free
 //! and ownership, admins' frees, close and expiry with their reasons, the
-//! watch's events and a watch resumed by revision. Then, on etcd alone,
+//! watch's events, a watch resumed by revision, and draining. Then, on etcd alone,
 //! two registries on one etcd (two servers): ownership, policy and an
 //! admin's free hold across them.
 
@@ -85,6 +85,7 @@ contract!(
     ports_assigned_on_one_host_never_repeat,
     a_watch_sees_every_change_in_order,
     a_watch_resumed_by_revision_gets_exactly_what_followed,
+    a_drained_registration_is_listed_but_not_got,
 );
 
 fn actor(identity: &str) -> Actor {
@@ -264,6 +265,79 @@ async fn admins_free_and_it_is_final(registry: Registry) {
         .register(with_id(new(&alice, "web"), "web-1"), &actor("alice"))
         .await;
     assert!(matches!(again, Err(RegistryError::Evicted(_))), "{again:?}");
+}
+
+async fn a_drained_registration_is_listed_but_not_got(registry: Registry) {
+    registry.set_policy(
+        Policy::parse(
+            "admins = [\"ops\"]\n[[allow]]\nidentities = [\"*\"]\nnames = [\"*\"]\n",
+            "test",
+        )
+        .unwrap(),
+    );
+    let alice = open(&registry, "alice").await;
+    let bob = open(&registry, "bob").await;
+    let ops = open(&registry, "ops").await;
+    let web = registry
+        .register(new(&alice, "web@1.0.0"), &actor("alice"))
+        .await
+        .unwrap();
+    assert!(!web.draining);
+    let mut watch = registry.watch(selector(&registry, "web"), 0);
+    assert_eq!(next(&mut watch).await.kind, EventKind::Existing);
+    let refused = registry.drain(&bob, &web.id, &actor("bob")).await;
+    assert!(
+        matches!(refused, Err(RegistryError::NotOwner { .. })),
+        "{refused:?}"
+    );
+    let unknown = registry.drain(&alice, "no-such-id", &actor("alice")).await;
+    assert!(
+        matches!(unknown, Err(RegistryError::UnknownService(_))),
+        "{unknown:?}"
+    );
+    let drained = registry
+        .drain(&alice, &web.id, &actor("alice"))
+        .await
+        .unwrap();
+    assert!(drained.draining);
+    assert!(drained.mod_revision > web.mod_revision);
+    let event = next(&mut watch).await;
+    assert_eq!(event.kind, EventKind::Updated);
+    assert!(event.service.unwrap().draining);
+    let again = registry.drain(&ops, &web.id, &actor("ops")).await.unwrap();
+    assert_eq!(
+        again.mod_revision, drained.mod_revision,
+        "draining twice changes nothing"
+    );
+
+    let (listed, _) = registry.query(&selector(&registry, "web"));
+    assert!(listed.len() == 1 && listed[0].draining, "{listed:?}");
+    let got = tokio::time::timeout(
+        Duration::from_millis(200),
+        registry.get(&selector(&registry, "web")),
+    )
+    .await;
+    assert!(got.is_err(), "get waits while every match drains: {got:?}");
+    let change = MetadataChange {
+        set: vec![("zone".into(), "a".into())],
+        ..Default::default()
+    };
+    let updated = registry
+        .update(&alice, &web.id, change, &actor("alice"))
+        .await
+        .unwrap();
+    assert!(updated.draining, "an update keeps it draining");
+    let fresh = registry
+        .register(new(&alice, "web@1.0.1"), &actor("alice"))
+        .await
+        .unwrap();
+    let (got, _) = tokio::time::timeout(PATIENCE, registry.get(&selector(&registry, "web")))
+        .await
+        .expect("get answers once one match does not drain");
+    assert_eq!(
+        got.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        [fresh.id.as_str()]
+    );
 }
 
 async fn a_close_frees_all_with_its_reason(registry: Registry) {

@@ -129,6 +129,8 @@ pub async fn run_with_admin(
     let watchers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let metrics = Arc::new(metrics::Metrics::new(registry.clone(), watchers.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (leaving_tx, leaving_rx) = tokio::sync::watch::channel(false);
+    let sessions = Arc::new(tokio::sync::watch::Sender::new(0usize));
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     // Health Watch streams end at shutdown like the registry's own.
     let health_service = tonic_health::pb::health_server::HealthServer::new(
@@ -156,7 +158,11 @@ pub async fn run_with_admin(
         registry.clone(),
         auth,
         (config.max_watchers, watchers),
-        stop_rx,
+        grpc::Stop {
+            leaving: leaving_rx,
+            stopped: stop_rx,
+            sessions: sessions.clone(),
+        },
         metrics.clone(),
     ))
     .max_decoding_message_size(config.max_message_size);
@@ -182,7 +188,7 @@ pub async fn run_with_admin(
         _ = &mut server => return Err(ServerError::Stopped),
         _ = shutdown => {}
     }
-    tracing::info!(drain_delay = ?config.drain_delay, "shutting down: reporting NOT_SERVING");
+    tracing::info!(drain_delay = ?config.drain_delay, sessions = *sessions.borrow(), "leaving: reporting NOT_SERVING and moving sessions to other servers");
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
@@ -191,9 +197,26 @@ pub async fn run_with_admin(
         .await;
     let _ = serving_tx.send(false);
     drop(serving_rx);
+    let _ = leaving_tx.send(true);
+    // Probes and balancers get `drain_delay` to notice; session streams,
+    // told to move, get up to the grace to go.
+    let moved = async {
+        let mut open = sessions.subscribe();
+        let _ = open.wait_for(|n| *n == 0).await;
+    };
+    let settle = async {
+        tokio::join!(tokio::time::sleep(config.drain_delay), async {
+            if tokio::time::timeout(config.shutdown_grace, moved)
+                .await
+                .is_err()
+            {
+                tracing::warn!(grace = ?config.shutdown_grace, sessions = *sessions.borrow(), "session streams still open after the grace period");
+            }
+        });
+    };
     tokio::select! {
         _ = &mut server => return Err(ServerError::Stopped),
-        _ = tokio::time::sleep(config.drain_delay) => {}
+        _ = settle => {}
     }
     let _ = stop_tx.send(true);
     let _ = drain_tx.send(());

@@ -18,11 +18,12 @@ use tonic::Code;
 use crate::registry::Registry;
 
 /// The RPCs counted, in the order of [`Method`].
-const METHODS: [&str; 7] = [
+const METHODS: [&str; 8] = [
     "Heartbeat",
     "Register",
     "Update",
     "Free",
+    "Drain",
     "Query",
     "Get",
     "Watch",
@@ -35,6 +36,7 @@ pub(crate) enum Method {
     Register,
     Update,
     Free,
+    Drain,
     Query,
     Get,
     Watch,

@@ -28,6 +28,7 @@ impl Default for Service {
             session_id: "".into(),
             create_revision: 0,
             mod_revision: 0,
+            draining: false,
         }))
     }
 }
@@ -45,6 +46,7 @@ mod tag {
     pub(super) const OWNER: u32 = 8;
     pub(super) const CREATE_REVISION: u32 = 10;
     pub(super) const MOD_REVISION: u32 = 11;
+    pub(super) const DRAINING: u32 = 12;
 }
 
 /// Proto3 leaves out fields that hold their default.
@@ -133,6 +135,9 @@ impl prost::Message for Service {
         if s.mod_revision != 0 {
             uint64::encode(tag::MOD_REVISION, &s.mod_revision, buf);
         }
+        if s.draining {
+            encoding::bool::encode(tag::DRAINING, &true, buf);
+        }
     }
 
     fn encoded_len(&self) -> usize {
@@ -168,6 +173,11 @@ impl prost::Message for Service {
             + string_len(tag::NAMESPACE, &s.namespace)
             + string_len(tag::OWNER, &s.owner)
             + revisions
+            + if s.draining {
+                encoding::bool::encoded_len(tag::DRAINING, &true)
+            } else {
+                0
+            }
     }
 
     fn merge_field(
@@ -207,6 +217,7 @@ mod tests {
             session_id: "s-1".into(),
             create_revision: 1_732_000_000_000_000,
             mod_revision: 1_732_000_000_000_123,
+            draining: true,
         }
     }
 
@@ -224,6 +235,7 @@ mod tests {
                 port: 0,
                 create_revision: 0,
                 host: "".into(),
+                draining: false,
                 ..service(Some("10.20.30"), &[])
             },
         ];

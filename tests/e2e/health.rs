@@ -64,6 +64,14 @@ async fn shutdown_ends_open_watch_and_heartbeat_streams() {
     watcher.snapshot().await;
     server.begin_shutdown();
     assert!(watcher.ended().await, "the watch ends");
+    let told = session.next().await;
+    assert!(
+        matches!(
+            told,
+            Ok(Some(seaport::pb::heartbeat_response::Kind::Stopping(_)))
+        ),
+        "the session is told to move first: {told:?}"
+    );
     assert!(
         matches!(session.next().await, Ok(None) | Err(_)),
         "the heartbeat ends"

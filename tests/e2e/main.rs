@@ -1,6 +1,7 @@
 //! End-to-end tests: a real seaportd on 127.0.0.1:0, spoken to over gRPC.
 
 mod client;
+mod draining;
 
 mod hardening;
 mod health;

@@ -179,7 +179,11 @@ impl Pool {
 
     /// Why `choose` found nothing, when nothing was tried.
     pub(crate) fn why_none(&self) -> String {
-        format!("no instance of {} is registered", self.pattern)
+        if self.catalog.is_empty() {
+            format!("no instance of {} is registered", self.pattern)
+        } else {
+            format!("every instance of {} is draining", self.pattern)
+        }
     }
 }
 

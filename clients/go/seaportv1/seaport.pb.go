@@ -170,7 +170,7 @@ func (x WatchEvent_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Kind.Descriptor instead.
 func (WatchEvent_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{22, 0}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{25, 0}
 }
 
 // Service is one registration.
@@ -196,7 +196,9 @@ type Service struct {
 	// Revision at which it was registered.
 	CreateRevision uint64 `protobuf:"varint,10,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
 	// Revision of its last change (register or update).
-	ModRevision   uint64 `protobuf:"varint,11,opt,name=mod_revision,json=modRevision,proto3" json:"mod_revision,omitempty"`
+	ModRevision uint64 `protobuf:"varint,11,opt,name=mod_revision,json=modRevision,proto3" json:"mod_revision,omitempty"`
+	// The instance is stopping: new traffic should go elsewhere (see Drain).
+	Draining      bool `protobuf:"varint,12,opt,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -299,6 +301,13 @@ func (x *Service) GetModRevision() uint64 {
 		return x.ModRevision
 	}
 	return 0
+}
+
+func (x *Service) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
 }
 
 // HeartbeatRequest is one client message on the Heartbeat stream.
@@ -616,6 +625,7 @@ type HeartbeatResponse struct {
 	//	*HeartbeatResponse_Pong
 	//	*HeartbeatResponse_Closed
 	//	*HeartbeatResponse_Evicted
+	//	*HeartbeatResponse_Stopping
 	Kind          isHeartbeatResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -694,6 +704,15 @@ func (x *HeartbeatResponse) GetEvicted() *Evicted {
 	return nil
 }
 
+func (x *HeartbeatResponse) GetStopping() *ServerStopping {
+	if x != nil {
+		if x, ok := x.Kind.(*HeartbeatResponse_Stopping); ok {
+			return x.Stopping
+		}
+	}
+	return nil
+}
+
 type isHeartbeatResponse_Kind interface {
 	isHeartbeatResponse_Kind()
 }
@@ -720,6 +739,10 @@ type HeartbeatResponse_Evicted struct {
 	Evicted *Evicted `protobuf:"bytes,4,opt,name=evicted,proto3,oneof"`
 }
 
+type HeartbeatResponse_Stopping struct {
+	Stopping *ServerStopping `protobuf:"bytes,5,opt,name=stopping,proto3,oneof"`
+}
+
 func (*HeartbeatResponse_Opened) isHeartbeatResponse_Kind() {}
 
 func (*HeartbeatResponse_Pong) isHeartbeatResponse_Kind() {}
@@ -727,6 +750,47 @@ func (*HeartbeatResponse_Pong) isHeartbeatResponse_Kind() {}
 func (*HeartbeatResponse_Closed) isHeartbeatResponse_Kind() {}
 
 func (*HeartbeatResponse_Evicted) isHeartbeatResponse_Kind() {}
+
+func (*HeartbeatResponse_Stopping) isHeartbeatResponse_Kind() {}
+
+// ServerStopping says the server is shutting down: move the session to
+// another server now (resume it there), or, with no other, reconnect as
+// after a dropped stream. The server ends the stream after it.
+type ServerStopping struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerStopping) Reset() {
+	*x = ServerStopping{}
+	mi := &file_seaport_v1_seaport_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerStopping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerStopping) ProtoMessage() {}
+
+func (x *ServerStopping) ProtoReflect() protoreflect.Message {
+	mi := &file_seaport_v1_seaport_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerStopping.ProtoReflect.Descriptor instead.
+func (*ServerStopping) Descriptor() ([]byte, []int) {
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{7}
+}
 
 // SessionOpened tells the client about its session.
 type SessionOpened struct {
@@ -748,7 +812,7 @@ type SessionOpened struct {
 
 func (x *SessionOpened) Reset() {
 	*x = SessionOpened{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[7]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +824,7 @@ func (x *SessionOpened) String() string {
 func (*SessionOpened) ProtoMessage() {}
 
 func (x *SessionOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[7]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +837,7 @@ func (x *SessionOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionOpened.ProtoReflect.Descriptor instead.
 func (*SessionOpened) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{7}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SessionOpened) GetSessionId() string {
@@ -822,7 +886,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[8]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -834,7 +898,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[8]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -847,7 +911,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{8}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Pong) GetSeq() uint64 {
@@ -870,7 +934,7 @@ type Evicted struct {
 
 func (x *Evicted) Reset() {
 	*x = Evicted{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[9]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -882,7 +946,7 @@ func (x *Evicted) String() string {
 func (*Evicted) ProtoMessage() {}
 
 func (x *Evicted) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[9]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -895,7 +959,7 @@ func (x *Evicted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Evicted.ProtoReflect.Descriptor instead.
 func (*Evicted) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{9}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Evicted) GetId() string {
@@ -923,7 +987,7 @@ type SessionClosed struct {
 
 func (x *SessionClosed) Reset() {
 	*x = SessionClosed{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[10]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +999,7 @@ func (x *SessionClosed) String() string {
 func (*SessionClosed) ProtoMessage() {}
 
 func (x *SessionClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[10]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1012,7 @@ func (x *SessionClosed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionClosed.ProtoReflect.Descriptor instead.
 func (*SessionClosed) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{10}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SessionClosed) GetFreed() uint32 {
@@ -981,7 +1045,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[11]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1057,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[11]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1070,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{11}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegisterRequest) GetSessionId() string {
@@ -1069,7 +1133,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[12]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1145,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[12]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1158,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{12}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RegisterResponse) GetService() *Service {
@@ -1124,7 +1188,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[13]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1200,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[13]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1213,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{13}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateRequest) GetSessionId() string {
@@ -1198,7 +1262,7 @@ type UpdateResponse struct {
 
 func (x *UpdateResponse) Reset() {
 	*x = UpdateResponse{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[14]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1274,7 @@ func (x *UpdateResponse) String() string {
 func (*UpdateResponse) ProtoMessage() {}
 
 func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[14]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1287,7 @@ func (x *UpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResponse.ProtoReflect.Descriptor instead.
 func (*UpdateResponse) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{14}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdateResponse) GetService() *Service {
@@ -1246,7 +1310,7 @@ type FreeRequest struct {
 
 func (x *FreeRequest) Reset() {
 	*x = FreeRequest{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[15]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1322,7 @@ func (x *FreeRequest) String() string {
 func (*FreeRequest) ProtoMessage() {}
 
 func (x *FreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[15]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1335,7 @@ func (x *FreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeRequest.ProtoReflect.Descriptor instead.
 func (*FreeRequest) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{15}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FreeRequest) GetSessionId() string {
@@ -1299,7 +1363,7 @@ type FreeResponse struct {
 
 func (x *FreeResponse) Reset() {
 	*x = FreeResponse{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[16]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1375,7 @@ func (x *FreeResponse) String() string {
 func (*FreeResponse) ProtoMessage() {}
 
 func (x *FreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[16]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,10 +1388,110 @@ func (x *FreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeResponse.ProtoReflect.Descriptor instead.
 func (*FreeResponse) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{16}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FreeResponse) GetService() *Service {
+	if x != nil {
+		return x.Service
+	}
+	return nil
+}
+
+// DrainRequest marks a registration draining.
+type DrainRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Session that holds the registration.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// Id of the registration.
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainRequest) Reset() {
+	*x = DrainRequest{}
+	mi := &file_seaport_v1_seaport_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainRequest) ProtoMessage() {}
+
+func (x *DrainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_seaport_v1_seaport_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
+func (*DrainRequest) Descriptor() ([]byte, []int) {
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DrainRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *DrainRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// DrainResponse returns the registration, draining.
+type DrainResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainResponse) Reset() {
+	*x = DrainResponse{}
+	mi := &file_seaport_v1_seaport_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainResponse) ProtoMessage() {}
+
+func (x *DrainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_seaport_v1_seaport_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
+func (*DrainResponse) Descriptor() ([]byte, []int) {
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *DrainResponse) GetService() *Service {
 	if x != nil {
 		return x.Service
 	}
@@ -1349,7 +1513,7 @@ type QueryRequest struct {
 
 func (x *QueryRequest) Reset() {
 	*x = QueryRequest{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[17]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1361,7 +1525,7 @@ func (x *QueryRequest) String() string {
 func (*QueryRequest) ProtoMessage() {}
 
 func (x *QueryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[17]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1374,7 +1538,7 @@ func (x *QueryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryRequest.ProtoReflect.Descriptor instead.
 func (*QueryRequest) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{17}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *QueryRequest) GetPattern() string {
@@ -1411,7 +1575,7 @@ type QueryResponse struct {
 
 func (x *QueryResponse) Reset() {
 	*x = QueryResponse{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[18]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1587,7 @@ func (x *QueryResponse) String() string {
 func (*QueryResponse) ProtoMessage() {}
 
 func (x *QueryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[18]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1600,7 @@ func (x *QueryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryResponse.ProtoReflect.Descriptor instead.
 func (*QueryResponse) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{18}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *QueryResponse) GetServices() []*Service {
@@ -1470,7 +1634,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[19]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +1646,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[19]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +1659,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{19}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetRequest) GetPattern() string {
@@ -1539,7 +1703,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[20]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1715,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[20]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1728,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{20}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetResponse) GetServices() []*Service {
@@ -1600,7 +1764,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[21]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +1776,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[21]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +1789,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{21}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchRequest) GetPattern() string {
@@ -1674,7 +1838,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_seaport_v1_seaport_proto_msgTypes[22]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1686,7 +1850,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_seaport_v1_seaport_proto_msgTypes[22]
+	mi := &file_seaport_v1_seaport_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1699,7 +1863,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{22}
+	return file_seaport_v1_seaport_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchEvent) GetKind() WatchEvent_Kind {
@@ -1735,7 +1899,7 @@ var File_seaport_v1_seaport_proto protoreflect.FileDescriptor
 const file_seaport_v1_seaport_proto_rawDesc = "" +
 	"\n" +
 	"\x18seaport/v1/seaport.proto\x12\n" +
-	"seaport.v1\"\xfd\x02\n" +
+	"seaport.v1\"\x99\x03\n" +
 	"\aService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1747,7 +1911,8 @@ const file_seaport_v1_seaport_proto_rawDesc = "" +
 	"\x05owner\x18\b \x01(\tR\x05owner\x12'\n" +
 	"\x0fcreate_revision\x18\n" +
 	" \x01(\x04R\x0ecreateRevision\x12!\n" +
-	"\fmod_revision\x18\v \x01(\x04R\vmodRevision\x1a;\n" +
+	"\fmod_revision\x18\v \x01(\x04R\vmodRevision\x12\x1a\n" +
+	"\bdraining\x18\f \x01(\bR\bdraining\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\t\x10\n" +
@@ -1768,13 +1933,15 @@ const file_seaport_v1_seaport_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"\x18\n" +
 	"\x04Ping\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x0e\n" +
-	"\fCloseSession\"\xde\x01\n" +
+	"\fCloseSession\"\x98\x02\n" +
 	"\x11HeartbeatResponse\x123\n" +
 	"\x06opened\x18\x01 \x01(\v2\x19.seaport.v1.SessionOpenedH\x00R\x06opened\x12&\n" +
 	"\x04pong\x18\x02 \x01(\v2\x10.seaport.v1.PongH\x00R\x04pong\x123\n" +
 	"\x06closed\x18\x03 \x01(\v2\x19.seaport.v1.SessionClosedH\x00R\x06closed\x12/\n" +
-	"\aevicted\x18\x04 \x01(\v2\x13.seaport.v1.EvictedH\x00R\aevictedB\x06\n" +
-	"\x04kind\"\xab\x01\n" +
+	"\aevicted\x18\x04 \x01(\v2\x13.seaport.v1.EvictedH\x00R\aevicted\x128\n" +
+	"\bstopping\x18\x05 \x01(\v2\x1a.seaport.v1.ServerStoppingH\x00R\bstoppingB\x06\n" +
+	"\x04kind\"\x10\n" +
+	"\x0eServerStopping\"\xab\x01\n" +
 	"\rSessionOpened\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x15\n" +
@@ -1821,6 +1988,12 @@ const file_seaport_v1_seaport_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"=\n" +
 	"\fFreeResponse\x12-\n" +
+	"\aservice\x18\x01 \x01(\v2\x13.seaport.v1.ServiceR\aservice\"=\n" +
+	"\fDrainRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\">\n" +
+	"\rDrainResponse\x12-\n" +
 	"\aservice\x18\x01 \x01(\v2\x13.seaport.v1.ServiceR\aservice\"\xc7\x01\n" +
 	"\fQueryRequest\x12\x18\n" +
 	"\apattern\x18\x01 \x01(\tR\apattern\x12\x1c\n" +
@@ -1875,12 +2048,13 @@ const file_seaport_v1_seaport_proto_rawDesc = "" +
 	"\x11FREE_REASON_OWNER\x10\x01\x12\x16\n" +
 	"\x12FREE_REASON_CLOSED\x10\x02\x12\x17\n" +
 	"\x13FREE_REASON_EXPIRED\x10\x03\x12\x15\n" +
-	"\x11FREE_REASON_ADMIN\x10\x042\xce\x03\n" +
+	"\x11FREE_REASON_ADMIN\x10\x042\x8c\x04\n" +
 	"\bRegistry\x12L\n" +
 	"\tHeartbeat\x12\x1c.seaport.v1.HeartbeatRequest\x1a\x1d.seaport.v1.HeartbeatResponse(\x010\x01\x12E\n" +
 	"\bRegister\x12\x1b.seaport.v1.RegisterRequest\x1a\x1c.seaport.v1.RegisterResponse\x12?\n" +
 	"\x06Update\x12\x19.seaport.v1.UpdateRequest\x1a\x1a.seaport.v1.UpdateResponse\x129\n" +
 	"\x04Free\x12\x17.seaport.v1.FreeRequest\x1a\x18.seaport.v1.FreeResponse\x12<\n" +
+	"\x05Drain\x12\x18.seaport.v1.DrainRequest\x1a\x19.seaport.v1.DrainResponse\x12<\n" +
 	"\x05Query\x12\x18.seaport.v1.QueryRequest\x1a\x19.seaport.v1.QueryResponse\x126\n" +
 	"\x03Get\x12\x16.seaport.v1.GetRequest\x1a\x17.seaport.v1.GetResponse\x12;\n" +
 	"\x05Watch\x12\x18.seaport.v1.WatchRequest\x1a\x16.seaport.v1.WatchEvent0\x01Br\n" +
@@ -1900,7 +2074,7 @@ func file_seaport_v1_seaport_proto_rawDescGZIP() []byte {
 }
 
 var file_seaport_v1_seaport_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_seaport_v1_seaport_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_seaport_v1_seaport_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_seaport_v1_seaport_proto_goTypes = []any{
 	(FreeReason)(0),           // 0: seaport.v1.FreeReason
 	(WatchEvent_Kind)(0),      // 1: seaport.v1.WatchEvent.Kind
@@ -1911,71 +2085,78 @@ var file_seaport_v1_seaport_proto_goTypes = []any{
 	(*Ping)(nil),              // 6: seaport.v1.Ping
 	(*CloseSession)(nil),      // 7: seaport.v1.CloseSession
 	(*HeartbeatResponse)(nil), // 8: seaport.v1.HeartbeatResponse
-	(*SessionOpened)(nil),     // 9: seaport.v1.SessionOpened
-	(*Pong)(nil),              // 10: seaport.v1.Pong
-	(*Evicted)(nil),           // 11: seaport.v1.Evicted
-	(*SessionClosed)(nil),     // 12: seaport.v1.SessionClosed
-	(*RegisterRequest)(nil),   // 13: seaport.v1.RegisterRequest
-	(*RegisterResponse)(nil),  // 14: seaport.v1.RegisterResponse
-	(*UpdateRequest)(nil),     // 15: seaport.v1.UpdateRequest
-	(*UpdateResponse)(nil),    // 16: seaport.v1.UpdateResponse
-	(*FreeRequest)(nil),       // 17: seaport.v1.FreeRequest
-	(*FreeResponse)(nil),      // 18: seaport.v1.FreeResponse
-	(*QueryRequest)(nil),      // 19: seaport.v1.QueryRequest
-	(*QueryResponse)(nil),     // 20: seaport.v1.QueryResponse
-	(*GetRequest)(nil),        // 21: seaport.v1.GetRequest
-	(*GetResponse)(nil),       // 22: seaport.v1.GetResponse
-	(*WatchRequest)(nil),      // 23: seaport.v1.WatchRequest
-	(*WatchEvent)(nil),        // 24: seaport.v1.WatchEvent
-	nil,                       // 25: seaport.v1.Service.MetadataEntry
-	nil,                       // 26: seaport.v1.RegisterRequest.MetadataEntry
-	nil,                       // 27: seaport.v1.UpdateRequest.MetadataEntry
-	nil,                       // 28: seaport.v1.QueryRequest.MetadataEntry
-	nil,                       // 29: seaport.v1.GetRequest.MetadataEntry
-	nil,                       // 30: seaport.v1.WatchRequest.MetadataEntry
+	(*ServerStopping)(nil),    // 9: seaport.v1.ServerStopping
+	(*SessionOpened)(nil),     // 10: seaport.v1.SessionOpened
+	(*Pong)(nil),              // 11: seaport.v1.Pong
+	(*Evicted)(nil),           // 12: seaport.v1.Evicted
+	(*SessionClosed)(nil),     // 13: seaport.v1.SessionClosed
+	(*RegisterRequest)(nil),   // 14: seaport.v1.RegisterRequest
+	(*RegisterResponse)(nil),  // 15: seaport.v1.RegisterResponse
+	(*UpdateRequest)(nil),     // 16: seaport.v1.UpdateRequest
+	(*UpdateResponse)(nil),    // 17: seaport.v1.UpdateResponse
+	(*FreeRequest)(nil),       // 18: seaport.v1.FreeRequest
+	(*FreeResponse)(nil),      // 19: seaport.v1.FreeResponse
+	(*DrainRequest)(nil),      // 20: seaport.v1.DrainRequest
+	(*DrainResponse)(nil),     // 21: seaport.v1.DrainResponse
+	(*QueryRequest)(nil),      // 22: seaport.v1.QueryRequest
+	(*QueryResponse)(nil),     // 23: seaport.v1.QueryResponse
+	(*GetRequest)(nil),        // 24: seaport.v1.GetRequest
+	(*GetResponse)(nil),       // 25: seaport.v1.GetResponse
+	(*WatchRequest)(nil),      // 26: seaport.v1.WatchRequest
+	(*WatchEvent)(nil),        // 27: seaport.v1.WatchEvent
+	nil,                       // 28: seaport.v1.Service.MetadataEntry
+	nil,                       // 29: seaport.v1.RegisterRequest.MetadataEntry
+	nil,                       // 30: seaport.v1.UpdateRequest.MetadataEntry
+	nil,                       // 31: seaport.v1.QueryRequest.MetadataEntry
+	nil,                       // 32: seaport.v1.GetRequest.MetadataEntry
+	nil,                       // 33: seaport.v1.WatchRequest.MetadataEntry
 }
 var file_seaport_v1_seaport_proto_depIdxs = []int32{
-	25, // 0: seaport.v1.Service.metadata:type_name -> seaport.v1.Service.MetadataEntry
+	28, // 0: seaport.v1.Service.metadata:type_name -> seaport.v1.Service.MetadataEntry
 	4,  // 1: seaport.v1.HeartbeatRequest.open:type_name -> seaport.v1.OpenSession
 	5,  // 2: seaport.v1.HeartbeatRequest.resume:type_name -> seaport.v1.ResumeSession
 	6,  // 3: seaport.v1.HeartbeatRequest.ping:type_name -> seaport.v1.Ping
 	7,  // 4: seaport.v1.HeartbeatRequest.close:type_name -> seaport.v1.CloseSession
-	9,  // 5: seaport.v1.HeartbeatResponse.opened:type_name -> seaport.v1.SessionOpened
-	10, // 6: seaport.v1.HeartbeatResponse.pong:type_name -> seaport.v1.Pong
-	12, // 7: seaport.v1.HeartbeatResponse.closed:type_name -> seaport.v1.SessionClosed
-	11, // 8: seaport.v1.HeartbeatResponse.evicted:type_name -> seaport.v1.Evicted
-	26, // 9: seaport.v1.RegisterRequest.metadata:type_name -> seaport.v1.RegisterRequest.MetadataEntry
-	2,  // 10: seaport.v1.RegisterResponse.service:type_name -> seaport.v1.Service
-	27, // 11: seaport.v1.UpdateRequest.metadata:type_name -> seaport.v1.UpdateRequest.MetadataEntry
-	2,  // 12: seaport.v1.UpdateResponse.service:type_name -> seaport.v1.Service
-	2,  // 13: seaport.v1.FreeResponse.service:type_name -> seaport.v1.Service
-	28, // 14: seaport.v1.QueryRequest.metadata:type_name -> seaport.v1.QueryRequest.MetadataEntry
-	2,  // 15: seaport.v1.QueryResponse.services:type_name -> seaport.v1.Service
-	29, // 16: seaport.v1.GetRequest.metadata:type_name -> seaport.v1.GetRequest.MetadataEntry
-	2,  // 17: seaport.v1.GetResponse.services:type_name -> seaport.v1.Service
-	30, // 18: seaport.v1.WatchRequest.metadata:type_name -> seaport.v1.WatchRequest.MetadataEntry
-	1,  // 19: seaport.v1.WatchEvent.kind:type_name -> seaport.v1.WatchEvent.Kind
-	2,  // 20: seaport.v1.WatchEvent.service:type_name -> seaport.v1.Service
-	0,  // 21: seaport.v1.WatchEvent.reason:type_name -> seaport.v1.FreeReason
-	3,  // 22: seaport.v1.Registry.Heartbeat:input_type -> seaport.v1.HeartbeatRequest
-	13, // 23: seaport.v1.Registry.Register:input_type -> seaport.v1.RegisterRequest
-	15, // 24: seaport.v1.Registry.Update:input_type -> seaport.v1.UpdateRequest
-	17, // 25: seaport.v1.Registry.Free:input_type -> seaport.v1.FreeRequest
-	19, // 26: seaport.v1.Registry.Query:input_type -> seaport.v1.QueryRequest
-	21, // 27: seaport.v1.Registry.Get:input_type -> seaport.v1.GetRequest
-	23, // 28: seaport.v1.Registry.Watch:input_type -> seaport.v1.WatchRequest
-	8,  // 29: seaport.v1.Registry.Heartbeat:output_type -> seaport.v1.HeartbeatResponse
-	14, // 30: seaport.v1.Registry.Register:output_type -> seaport.v1.RegisterResponse
-	16, // 31: seaport.v1.Registry.Update:output_type -> seaport.v1.UpdateResponse
-	18, // 32: seaport.v1.Registry.Free:output_type -> seaport.v1.FreeResponse
-	20, // 33: seaport.v1.Registry.Query:output_type -> seaport.v1.QueryResponse
-	22, // 34: seaport.v1.Registry.Get:output_type -> seaport.v1.GetResponse
-	24, // 35: seaport.v1.Registry.Watch:output_type -> seaport.v1.WatchEvent
-	29, // [29:36] is the sub-list for method output_type
-	22, // [22:29] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	10, // 5: seaport.v1.HeartbeatResponse.opened:type_name -> seaport.v1.SessionOpened
+	11, // 6: seaport.v1.HeartbeatResponse.pong:type_name -> seaport.v1.Pong
+	13, // 7: seaport.v1.HeartbeatResponse.closed:type_name -> seaport.v1.SessionClosed
+	12, // 8: seaport.v1.HeartbeatResponse.evicted:type_name -> seaport.v1.Evicted
+	9,  // 9: seaport.v1.HeartbeatResponse.stopping:type_name -> seaport.v1.ServerStopping
+	29, // 10: seaport.v1.RegisterRequest.metadata:type_name -> seaport.v1.RegisterRequest.MetadataEntry
+	2,  // 11: seaport.v1.RegisterResponse.service:type_name -> seaport.v1.Service
+	30, // 12: seaport.v1.UpdateRequest.metadata:type_name -> seaport.v1.UpdateRequest.MetadataEntry
+	2,  // 13: seaport.v1.UpdateResponse.service:type_name -> seaport.v1.Service
+	2,  // 14: seaport.v1.FreeResponse.service:type_name -> seaport.v1.Service
+	2,  // 15: seaport.v1.DrainResponse.service:type_name -> seaport.v1.Service
+	31, // 16: seaport.v1.QueryRequest.metadata:type_name -> seaport.v1.QueryRequest.MetadataEntry
+	2,  // 17: seaport.v1.QueryResponse.services:type_name -> seaport.v1.Service
+	32, // 18: seaport.v1.GetRequest.metadata:type_name -> seaport.v1.GetRequest.MetadataEntry
+	2,  // 19: seaport.v1.GetResponse.services:type_name -> seaport.v1.Service
+	33, // 20: seaport.v1.WatchRequest.metadata:type_name -> seaport.v1.WatchRequest.MetadataEntry
+	1,  // 21: seaport.v1.WatchEvent.kind:type_name -> seaport.v1.WatchEvent.Kind
+	2,  // 22: seaport.v1.WatchEvent.service:type_name -> seaport.v1.Service
+	0,  // 23: seaport.v1.WatchEvent.reason:type_name -> seaport.v1.FreeReason
+	3,  // 24: seaport.v1.Registry.Heartbeat:input_type -> seaport.v1.HeartbeatRequest
+	14, // 25: seaport.v1.Registry.Register:input_type -> seaport.v1.RegisterRequest
+	16, // 26: seaport.v1.Registry.Update:input_type -> seaport.v1.UpdateRequest
+	18, // 27: seaport.v1.Registry.Free:input_type -> seaport.v1.FreeRequest
+	20, // 28: seaport.v1.Registry.Drain:input_type -> seaport.v1.DrainRequest
+	22, // 29: seaport.v1.Registry.Query:input_type -> seaport.v1.QueryRequest
+	24, // 30: seaport.v1.Registry.Get:input_type -> seaport.v1.GetRequest
+	26, // 31: seaport.v1.Registry.Watch:input_type -> seaport.v1.WatchRequest
+	8,  // 32: seaport.v1.Registry.Heartbeat:output_type -> seaport.v1.HeartbeatResponse
+	15, // 33: seaport.v1.Registry.Register:output_type -> seaport.v1.RegisterResponse
+	17, // 34: seaport.v1.Registry.Update:output_type -> seaport.v1.UpdateResponse
+	19, // 35: seaport.v1.Registry.Free:output_type -> seaport.v1.FreeResponse
+	21, // 36: seaport.v1.Registry.Drain:output_type -> seaport.v1.DrainResponse
+	23, // 37: seaport.v1.Registry.Query:output_type -> seaport.v1.QueryResponse
+	25, // 38: seaport.v1.Registry.Get:output_type -> seaport.v1.GetResponse
+	27, // 39: seaport.v1.Registry.Watch:output_type -> seaport.v1.WatchEvent
+	32, // [32:40] is the sub-list for method output_type
+	24, // [24:32] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_seaport_v1_seaport_proto_init() }
@@ -1994,6 +2175,7 @@ func file_seaport_v1_seaport_proto_init() {
 		(*HeartbeatResponse_Pong)(nil),
 		(*HeartbeatResponse_Closed)(nil),
 		(*HeartbeatResponse_Evicted)(nil),
+		(*HeartbeatResponse_Stopping)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2001,7 +2183,7 @@ func file_seaport_v1_seaport_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_seaport_v1_seaport_proto_rawDesc), len(file_seaport_v1_seaport_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   29,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

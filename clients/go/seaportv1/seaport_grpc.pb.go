@@ -45,6 +45,7 @@ const (
 	Registry_Register_FullMethodName  = "/seaport.v1.Registry/Register"
 	Registry_Update_FullMethodName    = "/seaport.v1.Registry/Update"
 	Registry_Free_FullMethodName      = "/seaport.v1.Registry/Free"
+	Registry_Drain_FullMethodName     = "/seaport.v1.Registry/Drain"
 	Registry_Query_FullMethodName     = "/seaport.v1.Registry/Query"
 	Registry_Get_FullMethodName       = "/seaport.v1.Registry/Get"
 	Registry_Watch_FullMethodName     = "/seaport.v1.Registry/Watch"
@@ -74,6 +75,12 @@ type RegistryClient interface {
 	// Free removes a registration. Only its owner, or an admin, may; an
 	// admin's free is final (the owner's session is told, see Evicted).
 	Free(ctx context.Context, in *FreeRequest, opts ...grpc.CallOption) (*FreeResponse, error)
+	// Drain marks a registration draining: its instance is stopping and
+	// should get no new traffic. Get and the clients' catalog picks skip it;
+	// Query still lists it; watchers see it UPDATED. The same callers as Free
+	// may; it is one-way (draining until freed) and draining twice changes
+	// nothing.
+	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
 	// Query returns the services that match a pattern right now, ordered by
 	// name, then version (highest first), then id.
 	Query(ctx context.Context, in *QueryRequest, opts ...grpc.CallOption) (*QueryResponse, error)
@@ -132,6 +139,16 @@ func (c *registryClient) Free(ctx context.Context, in *FreeRequest, opts ...grpc
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(FreeResponse)
 	err := c.cc.Invoke(ctx, Registry_Free_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryClient) Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainResponse)
+	err := c.cc.Invoke(ctx, Registry_Drain_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -201,6 +218,12 @@ type RegistryServer interface {
 	// Free removes a registration. Only its owner, or an admin, may; an
 	// admin's free is final (the owner's session is told, see Evicted).
 	Free(context.Context, *FreeRequest) (*FreeResponse, error)
+	// Drain marks a registration draining: its instance is stopping and
+	// should get no new traffic. Get and the clients' catalog picks skip it;
+	// Query still lists it; watchers see it UPDATED. The same callers as Free
+	// may; it is one-way (draining until freed) and draining twice changes
+	// nothing.
+	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
 	// Query returns the services that match a pattern right now, ordered by
 	// name, then version (highest first), then id.
 	Query(context.Context, *QueryRequest) (*QueryResponse, error)
@@ -233,6 +256,9 @@ func (UnimplementedRegistryServer) Update(context.Context, *UpdateRequest) (*Upd
 }
 func (UnimplementedRegistryServer) Free(context.Context, *FreeRequest) (*FreeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Free not implemented")
+}
+func (UnimplementedRegistryServer) Drain(context.Context, *DrainRequest) (*DrainResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Drain not implemented")
 }
 func (UnimplementedRegistryServer) Query(context.Context, *QueryRequest) (*QueryResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Query not implemented")
@@ -325,6 +351,24 @@ func _Registry_Free_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Registry_Drain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServer).Drain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Registry_Drain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServer).Drain(ctx, req.(*DrainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Registry_Query_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(QueryRequest)
 	if err := dec(in); err != nil {
@@ -390,6 +434,10 @@ var Registry_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Free",
 			Handler:    _Registry_Free_Handler,
+		},
+		{
+			MethodName: "Drain",
+			Handler:    _Registry_Drain_Handler,
 		},
 		{
 			MethodName: "Query",

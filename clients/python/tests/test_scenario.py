@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import queue
 import re
-import subprocess
 import threading
 import time
-from typing import Iterator
 
 import grpc
 import pytest
 
-from conftest import TcpProxy, binary, wait_for
-from seaport import SeaportClient, SeaportError, WatchEvent
+from conftest import TcpProxy, certificates, collect, snapshot, tls_flags, wait_for
+from seaport import SeaportClient, SeaportError
 
 
 def test_register_get_and_query(seaportd):
@@ -41,7 +39,7 @@ def test_watch_sees_snapshot_update_and_free(seaportd):
         assert (updated.kind, updated.service.metadata) == ("UPDATED", {"zone": "b"})
         client.free(reg.id)
         freed = next(events)
-        assert (freed.kind, freed.service.id) == ("FREED", reg.id)
+        assert (freed.kind, freed.service.id, freed.reason) == ("FREED", reg.id, "owner")
         assert freed.revision > updated.revision
 
 
@@ -88,18 +86,6 @@ def test_a_bad_range_is_an_invalid_argument_with_the_servers_message(seaportd):
         assert '"1.2.3.4" has more than three version parts' in bad.value.message
 
 
-def certificates(tmp_path, *clients: str):
-    """A development CA, server certificate and client certificates: (pki directory, ca PEM)."""
-    pki = tmp_path / "pki"
-    names = [arg for client in clients for arg in ("--client", client)]
-    subprocess.run([binary("seaportctl"), "certs", "init", str(pki), *names], check=True, capture_output=True)
-    return pki, (pki / "ca.pem").read_bytes()
-
-
-def tls_flags(pki) -> list[str]:
-    return ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server-key.pem"), "--client-ca", str(pki / "ca.pem")]
-
-
 def test_over_mtls_a_certificate_registers_and_no_certificate_only_reads(seaportd, tmp_path):
     pki, ca = certificates(tmp_path, "py")
     server = seaportd(*tls_flags(pki))
@@ -115,30 +101,6 @@ def test_over_mtls_a_certificate_registers_and_no_certificate_only_reads(seaport
         with pytest.raises(SeaportError) as refused:
             reader.register("web@1.2.4")
         assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
-
-
-def collect(events: Iterator[WatchEvent]) -> "queue.Queue[WatchEvent]":
-    """Feeds a watch's events into a queue from a thread, so a test can wait for one, or for none."""
-    out: "queue.Queue[WatchEvent]" = queue.Queue()
-
-    def pump() -> None:
-        try:
-            for e in events:
-                out.put(e)
-        except SeaportError:
-            pass  # the watching client closed
-
-    threading.Thread(target=pump, daemon=True).start()
-    return out
-
-
-def snapshot(events: "queue.Queue[WatchEvent]") -> list[tuple[str, str]]:
-    """The watch's snapshot, up to SYNCED, as (kind, id)."""
-    seen = []
-    while not seen or seen[-1][0] != "SYNCED":
-        e = events.get(timeout=10)
-        seen.append((e.kind, e.service.id if e.service else ""))
-    return seen
 
 
 def test_reads_open_no_session_and_the_first_register_opens_one(seaportd):

@@ -39,21 +39,34 @@ pub struct RegistryService {
     /// Watch streams open now, and how many may be.
     watchers: Arc<AtomicUsize>,
     max_watchers: usize,
-    /// Flips to true when the server shuts down, to end long streams.
-    stop: watch::Receiver<bool>,
+    stop: Stop,
     metrics: Arc<Metrics>,
+}
+
+/// The two moments of a server's stop, as the streams see them.
+#[derive(Clone, Debug)]
+pub struct Stop {
+    /// Flips to true when the server starts leaving (SIGTERM): each session
+    /// stream tells its client to move to another server, then ends; no new
+    /// session starts here.
+    pub leaving: watch::Receiver<bool>,
+    /// Flips to true when the server stops serving: every long stream ends.
+    pub stopped: watch::Receiver<bool>,
+    /// How many session (Heartbeat) streams are open, so that a leaving
+    /// server can wait for them to go.
+    pub sessions: Arc<watch::Sender<usize>>,
 }
 
 impl RegistryService {
     /// The service over a registry, checking callers with `auth`, with at
-    /// most `max_watchers` Watch streams at once; `stop` ends streams at
-    /// shutdown; every RPC is counted in `metrics`, and the Watch streams
-    /// open in `watchers`.
+    /// most `max_watchers` Watch streams at once; `stop` moves sessions
+    /// away and ends streams; every RPC is counted in `metrics`, and the
+    /// Watch streams open in `watchers`.
     pub fn new(
         registry: Registry,
         auth: Arc<Auth>,
         (max_watchers, watchers): (usize, Arc<AtomicUsize>),
-        stop: watch::Receiver<bool>,
+        stop: Stop,
         metrics: Arc<Metrics>,
     ) -> Self {
         RegistryService {
@@ -73,6 +86,22 @@ struct Watcher(Arc<AtomicUsize>);
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one open session stream until dropped with it.
+struct SessionStream(Arc<watch::Sender<usize>>);
+
+impl SessionStream {
+    fn new(sessions: &Arc<watch::Sender<usize>>) -> Self {
+        sessions.send_modify(|n| *n += 1);
+        SessionStream(sessions.clone())
+    }
+}
+
+impl Drop for SessionStream {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -134,6 +163,33 @@ where
     Box::pin(ending.merge(stopping).map_while(|item| item))
 }
 
+/// Ends a session stream when the server starts leaving, first telling
+/// its client to move to another server, and counts it while open.
+fn until_leaving<S>(stream: S, stop: &Stop) -> Stopping<pb::HeartbeatResponse>
+where
+    S: Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send + 'static,
+{
+    let counted = SessionStream::new(&stop.sessions);
+    let notice = WatchStream::new(stop.leaving.clone())
+        .filter(|leaving| *leaving)
+        .take(1)
+        .map(|_| {
+            Some(Ok(pb::HeartbeatResponse {
+                kind: Some(pb::heartbeat_response::Kind::Stopping(
+                    pb::ServerStopping {},
+                )),
+            }))
+        })
+        .chain(tokio_stream::once(None));
+    let ending = stream
+        .map(move |item| {
+            let _counted = &counted;
+            Some(item)
+        })
+        .chain(tokio_stream::once(None));
+    Box::pin(ending.merge(notice).map_while(|item| item))
+}
+
 /// How long a Get may wait: the shorter of its `timeout_ms` and the call's
 /// own deadline. The deadline is cut a little short so that the answer is
 /// our DEADLINE_EXCEEDED rather than tonic's generic timeout.
@@ -164,9 +220,18 @@ impl RegistryService {
     ) -> Result<Response<Stopping<pb::HeartbeatResponse>>, Status> {
         let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Heartbeat", true)?;
+        if *self.stop.leaving.borrow() {
+            let leaving = "this server is stopping: open or resume the session on another server";
+            return Err(reject(
+                "Heartbeat",
+                peer,
+                RegistryError::Unavailable(leaving.into()),
+            ));
+        }
         let stream =
             heartbeat::start(self.registry.clone(), peer, actor, request.into_inner()).await?;
-        Ok(Response::new(until_stop(stream, &self.stop)))
+        let stream = until_leaving(stream, &self.stop);
+        Ok(Response::new(until_stop(stream, &self.stop.stopped)))
     }
 
     async fn register_call(
@@ -216,6 +281,23 @@ impl RegistryService {
             .await
             .map_err(|e| reject("Free", peer, e))?;
         Ok(Response::new(pb::FreeResponse {
+            service: convert::service(service),
+        }))
+    }
+
+    async fn drain_call(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let peer = request.remote_addr();
+        let actor = self.auth.caller(&request, "Drain", true)?;
+        let r = request.into_inner();
+        let service = self
+            .registry
+            .drain(&r.session_id, &r.id, &actor)
+            .await
+            .map_err(|e| reject("Drain", peer, e))?;
+        Ok(Response::new(pb::DrainResponse {
             service: convert::service(service),
         }))
     }
@@ -297,7 +379,7 @@ impl RegistryService {
                 let _counted = &watcher;
                 Ok(convert::watch_event(event))
             });
-        Ok(Response::new(until_stop(events, &self.stop)))
+        Ok(Response::new(until_stop(events, &self.stop.stopped)))
     }
 }
 
@@ -344,6 +426,16 @@ impl RegistryApi for RegistryService {
         let started = Instant::now();
         let answer = self.free_call(request).await;
         self.observe(Method::Free, started, &answer);
+        answer
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let started = Instant::now();
+        let answer = self.drain_call(request).await;
+        self.observe(Method::Drain, started, &answer);
         answer
     }
 

@@ -2,219 +2,44 @@
 
 Query, Get and Watch need no session: a reader holds nothing, and under mTLS
 a reader without a certificate (which may not open a session) can still read.
-The first register opens a session, held by a background thread on the
-Heartbeat stream; it ends with the last free, or with close(). When the
-stream drops the thread reconnects, to the next address when several were
-given, with exponential backoff and full jitter, and resumes the session, so
-nothing is freed and watchers see nothing. Only when the server no longer
-knows the session (a restart, or its ttl passed) does it open a new one and
-re-register exactly this client's own registrations with their ids, hosts
-and ports. An admin's free (`evicted`) is final: the registration is
-forgotten and never registered again.
+The first register opens a session, held by a thread of its own (see
+seaport.session); it ends with the last free, or with close().
 """
 
 from __future__ import annotations
 
-import itertools
-import queue
-import random
+import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Optional, Sequence
+import weakref
+from typing import Callable, Mapping, Optional, Sequence, TypeVar
 
 import grpc
 
+from seaport.catalog import Catalog
+from seaport.connection import RETRYABLE, Connection, backoff
+from seaport.events import ClientEvents, EventHub
+from seaport.model import ClientEvent, Registration, SeaportError, Service
+from seaport.session import Ledger, Session
 from seaport.v1 import seaport_pb2 as pb
 from seaport.v1 import seaport_pb2_grpc as pb_grpc
+from seaport.watch import WatchStream
 
+T = TypeVar("T")
 
-class SeaportError(Exception):
-    """A refused call: the gRPC status code and the server's message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(f"{message} ({code.name})")
-        self.code = code
-        self.message = message
-
-    @classmethod
-    def of(cls, err: grpc.RpcError) -> "SeaportError":
-        return cls(err.code(), err.details() or "")
-
-
-@dataclass(frozen=True)
-class Service:
-    """One registration."""
-
-    id: str
-    name: str
-    version: str
-    host: str
-    port: int
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    namespace: str = ""
-    owner: str = ""
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def role(self) -> str:
-        return f"{self.name}@{self.version}" if self.version else self.name
-
-    @classmethod
-    def of(cls, s: pb.Service) -> "Service":
-        return cls(s.id, s.name, s.version, s.host, s.port, dict(s.metadata), s.namespace, s.owner)
-
-
-@dataclass(frozen=True)
-class Registration:
-    """A registration of this client's: its id, host, port and full record."""
-
-    id: str
-    host: str
-    port: int
-    service: Service
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    """One watch event: kind is EXISTING, SYNCED, REGISTERED, UPDATED, FREED or RESET."""
-
-    kind: str
-    service: Optional[Service]
-    revision: int
-
-
-class _SessionLost(Exception):
-    """The server no longer knows the session: open a new one and re-register."""
-
-
-class _Refused(Exception):
-    """The server refuses this client a session (no certificate, or not its session): retrying cannot help."""
-
-    def __init__(self, error: SeaportError):
-        super().__init__(str(error))
-        self.error = error
-
-
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
-
-# gRPC's own reconnect backoff grows to two minutes; bounded like the
-# session's, a channel comes back soon enough to resume a session in its ttl.
-_CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 5000),
-]
-
-
-def _backoff(failures: int, cap: float = 5.0) -> float:
-    """Full jitter: a random wait below a bound that doubles with each failure, so clients do not return in step."""
-    return random.uniform(0, min(cap, 0.1 * 2 ** min(failures, 10)))
-
-
-class _Connection:
-    """The channel to one of the servers, shared by reads, writes and the session.
-
-    A call that finds its server unavailable moves everyone on to the next
-    address. With a single address the channel is kept: gRPC reconnects it.
-    """
-
-    def __init__(self, addresses: Sequence[str], credentials: Optional[grpc.ChannelCredentials]):
-        self.addresses = list(addresses)
-        self._credentials = credentials
-        self._lock = threading.Lock()
-        self._index = 0
-        self._channel: Optional[grpc.Channel] = None
-        self._stub: Optional[pb_grpc.RegistryStub] = None
-        self._generation = 0
-        self._closed = False
-
-    def current(self) -> tuple[grpc.Channel, pb_grpc.RegistryStub, int]:
-        """The channel, its stub, and the generation to report a failure of."""
-        with self._lock:
-            if self._closed:
-                raise SeaportError(grpc.StatusCode.CANCELLED, "the client is closed")
-            if self._channel is None or self._stub is None:
-                address = self.addresses[self._index]
-                if self._credentials is not None:
-                    self._channel = grpc.secure_channel(address, self._credentials, options=_CHANNEL_OPTIONS)
-                else:
-                    self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
-                self._stub = pb_grpc.RegistryStub(self._channel)
-            return self._channel, self._stub, self._generation
-
-    def failed(self, generation: int) -> None:
-        """The server of `generation` failed: move on to the next address, unless someone already has."""
-        with self._lock:
-            if generation != self._generation or len(self.addresses) == 1 or self._channel is None:
-                return
-            # Closing cancels the calls still on it; their callers retry on the next server.
-            self._channel.close()
-            self._channel, self._stub = None, None
-            self._index = (self._index + 1) % len(self.addresses)
-            self._generation += 1
-
-    def failed_on(self, err: grpc.RpcError, generation: int) -> None:
-        """Moves on when err says the server is unavailable."""
-        if err.code() == grpc.StatusCode.UNAVAILABLE:
-            self.failed(generation)
-
-    def wait_ready(self, timeout: float) -> bool:
-        """Connects to the first address that answers within timeout seconds; False when none does."""
-        deadline = time.monotonic() + timeout
-        failures = 0
-        while True:
-            channel, _, generation = self.current()
-            states: "queue.Queue[grpc.ChannelConnectivity]" = queue.Queue()
-            notify = states.put
-            channel.subscribe(notify, try_to_connect=True)
-            try:
-                while True:
-                    try:
-                        state = states.get(timeout=max(0.0, deadline - time.monotonic()))
-                    except queue.Empty:
-                        return False
-                    if state == grpc.ChannelConnectivity.READY:
-                        return True
-                    if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE and len(self.addresses) > 1:
-                        break
-            finally:
-                channel.unsubscribe(notify)
-            self.failed(generation)
-            failures += 1
-            time.sleep(min(max(0.0, deadline - time.monotonic()), _backoff(failures)))
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            if self._channel is not None:
-                self._channel.close()
-            self._channel, self._stub = None, None
-
-
-class _Session:
-    """One session, from the write that opened it to its close; a thread of its own holds it."""
-
-    def __init__(self) -> None:
-        self.id = ""  # set when opened; kept while the stream is down, to resume
-        self.ttl = 0.0  # granted, in seconds
-        self.stub: Optional[pb_grpc.RegistryStub] = None  # set while the stream is up
-        self.fatal: Optional[SeaportError] = None
-        self.done = False  # its thread has returned
-        self.users = 0  # writes using it right now
-        self.ending = threading.Event()  # set to close the session
-        self.thread: Optional[threading.Thread] = None
+# How many assigned ports bind tries before giving up.
+BIND_ATTEMPTS = 5
 
 
 class SeaportClient:
     """A connection to Seaport; use as a context manager or call close().
 
-    Query, get and watch open no session. The first register opens one; the
-    last free, or close(), ends it. ttl is the session ttl to ask for, in
-    seconds; 0 takes the server's --default-ttl. The constructor raises
+    addresses are tried in order, and a client whose server fails moves on
+    to the next. Query, get and watch open no session. The first register
+    opens one; the last free, or close(), ends it. ttl is the session ttl to
+    ask for, in seconds; 0 takes the server's --default-ttl. drain_wait > 0
+    makes close() graceful: it drains this client's registrations and waits
+    that many seconds before it frees them. The constructor raises
     SeaportError(UNAVAILABLE) when no address answers within connect_timeout.
     """
 
@@ -229,191 +54,82 @@ class SeaportClient:
         key: Optional[bytes] = None,
         connect_timeout: float = 10.0,
         request_timeout: float = 10.0,
+        drain_wait: float = 0.0,
     ):
         if not addresses:
             raise ValueError("give at least one server address")
         credentials = grpc.ssl_channel_credentials(ca, key, cert) if ca or cert else None
-        self._conn = _Connection(addresses, credentials)
+        self._conn = Connection(addresses, credentials)
         self._namespace = namespace
         self._ttl = ttl
+        self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
+        self._drain_wait = drain_wait
         self._closed = threading.Event()
-        # Guards the session, the registrations and the session threads; waited on for a session to come up.
-        self._cond = threading.Condition()
-        self._session: Optional[_Session] = None
-        self._owned: dict[str, pb.RegisterRequest] = {}
-        self._threads: list[threading.Thread] = []
+        self._events = EventHub()
+        self._ledger = Ledger()
+        # Guards the session and the list of sessions still closing.
+        self._lock = threading.Lock()
+        self._session: Optional[Session] = None
+        self._sessions: list[Session] = []
+        self._watches: "weakref.WeakSet[WatchStream]" = weakref.WeakSet()
         if not self._conn.wait_ready(connect_timeout):
             self._conn.close()
-            raise SeaportError(grpc.StatusCode.UNAVAILABLE, self._unreachable())
+            raise SeaportError(grpc.StatusCode.UNAVAILABLE, f"no Seaport server reachable at {', '.join(addresses)}")
 
-    def _unreachable(self) -> str:
-        return f"no Seaport server reachable at {', '.join(self._conn.addresses)}"
+    @property
+    def server(self) -> str:
+        """The address the client uses now."""
+        return self._conn.address
+
+    def events(self) -> ClientEvents:
+        """Subscribes to what happens to the session and this client's registrations from now on (see ClientEvent)."""
+        return self._events.subscribe()
 
     # -- the session ------------------------------------------------------------
 
-    def _acquire(self) -> _Session:
+    def _acquire(self) -> Session:
         """The session for a write, opened if there is none; give it back with _release."""
-        with self._cond:
+        with self._lock:
             if self._closed.is_set():
                 raise SeaportError(grpc.StatusCode.CANCELLED, "the client is closed")
             session = self._session
             if session is None:
-                session = self._session = _Session()
-                session.thread = threading.Thread(target=self._keep, args=(session,), name="seaport-session", daemon=True)
-                self._threads = [t for t in self._threads if t.is_alive()] + [session.thread]
-                session.thread.start()
+                session = self._session = Session(
+                    self._conn, self._ledger, self._events, ttl=self._ttl,
+                    connect_timeout=self._connect_timeout, request_timeout=self._request_timeout,
+                    on_evicted=self._evicted,
+                )
+                self._sessions = [s for s in self._sessions if s.alive] + [session]
             session.users += 1
             return session
 
-    def _release(self, session: _Session) -> None:
-        with self._cond:
+    def _release(self, session: Session) -> None:
+        with self._lock:
             session.users -= 1
             self._end_if_idle(session)
 
-    def _end_if_idle(self, session: _Session) -> None:
-        """Ends the session once it holds no registration and no write uses it. Holding _cond."""
-        if session.users == 0 and not self._owned and self._session is session:
+    def _end_if_idle(self, session: Session) -> None:
+        """Ends the session once it holds no registration and no write uses it. Holding _lock."""
+        if session.users == 0 and not self._ledger and self._session is session:
             self._session = None
-            session.ending.set()
+            session.end()
 
-    def _live(self, session: _Session) -> tuple[pb_grpc.RegistryStub, str]:
-        """Waits for the session's stream to be up; the stub it is on and the session id."""
-        with self._cond:
-            self._cond.wait_for(
-                lambda: session.stub is not None or session.done or self._closed.is_set(), self._request_timeout
-            )
-            if session.fatal is not None:
-                raise session.fatal
-            if self._closed.is_set():
-                raise SeaportError(grpc.StatusCode.CANCELLED, "the client is closed")
-            if session.stub is None:
-                raise SeaportError(grpc.StatusCode.UNAVAILABLE, self._unreachable())
-            return session.stub, session.id
-
-    def _keep(self, session: _Session) -> None:
-        """The session's thread: holds it across dropped streams, resuming it, until it ends."""
-        failures = 0
-        try:
-            while not (session.ending.is_set() or self._closed.is_set()):
-                try:
-                    _, stub, generation = self._conn.current()
-                except SeaportError:
-                    return  # the client closed
-                try:
-                    self._hold(session, stub)
-                    return
-                except _SessionLost:
-                    continue  # open a new session at once
-                except _Refused as refused:
-                    session.fatal = refused.error
-                    return
-                except Exception:  # a broken connection or stream: back off, then the next server
-                    pass
-                finally:
-                    with self._cond:
-                        if session.stub is not None:
-                            failures = 0  # it was up: this is a first failure
-                        session.stub = None
-                self._conn.failed(generation)
-                failures += 1
-                # A session to resume is retried at least every third of its ttl.
-                cap = min(5.0, session.ttl / 3) if session.id and session.ttl else 5.0
-                session.ending.wait(_backoff(failures, cap))
-        finally:
-            with self._cond:
-                session.stub, session.done = None, True
-                if self._session is session:
-                    self._session = None
-                self._cond.notify_all()
-
-    def _hold(self, session: _Session, stub: pb_grpc.RegistryStub) -> None:
-        """Opens or resumes the session on one Heartbeat stream and holds it until it is closed.
-
-        Raises _SessionLost when the server does not know the session, _Refused
-        when it will not give this client one, and anything else when the stream breaks.
-        """
-        outgoing: "queue.Queue[Optional[pb.HeartbeatRequest]]" = queue.Queue()
-        if session.id:
-            outgoing.put(pb.HeartbeatRequest(resume=pb.ResumeSession(session_id=session.id)))
-        else:
-            outgoing.put(pb.HeartbeatRequest(open=pb.OpenSession(ttl_ms=int(self._ttl * 1000), client_name="seaport-python")))
-
-        def requests() -> Iterator[pb.HeartbeatRequest]:
-            while True:
-                item = outgoing.get()
-                if item is None:
-                    return
-                yield item
-
-        replies = stub.Heartbeat(requests())
-        stopped = threading.Event()
-        try:
-            try:
-                first = next(replies, None)
-            except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.NOT_FOUND and session.id:
-                    session.id = ""
-                    raise _SessionLost() from err
-                if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                    raise _Refused(SeaportError.of(err)) from err
-                raise
-            if first is None:
-                raise ConnectionError("the server ended the session stream before opening it")
-            opened = first.opened
-            if not opened.resumed:
-                self._reassert(stub, opened.session_id)
-            with self._cond:
-                session.id, session.ttl, session.stub = opened.session_id, opened.ttl_ms / 1000.0, stub
-                self._cond.notify_all()
-
-            interval = max(opened.ttl_ms / 3000.0, 0.05)
-
-            def ping() -> None:
-                for seq in itertools.count(1):
-                    if session.ending.wait(interval):
-                        outgoing.put(pb.HeartbeatRequest(close=pb.CloseSession()))
-                        return
-                    if stopped.is_set():
-                        return
-                    outgoing.put(pb.HeartbeatRequest(ping=pb.Ping(seq=seq)))
-
-            threading.Thread(target=ping, name="seaport-ping", daemon=True).start()
-            try:
-                for reply in replies:
-                    kind = reply.WhichOneof("kind")
-                    if kind == "closed":
-                        return
-                    if kind == "evicted":
-                        self._evicted(session, reply.evicted.id)
-            except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.NOT_FOUND:
-                    session.id = ""
-                    raise _SessionLost() from err
-                raise
-            raise ConnectionError("the server ended the session stream")
-        finally:
-            stopped.set()
-            outgoing.put(None)
-            replies.cancel()
-
-    def _reassert(self, stub: pb_grpc.RegistryStub, session_id: str) -> None:
-        with self._cond:
-            requests = list(self._owned.values())
-        for request in requests:
-            again = pb.RegisterRequest()
-            again.CopyFrom(request)
-            again.session_id = session_id
-            try:
-                stub.Register(again, timeout=self._request_timeout)
-            except grpc.RpcError:
-                pass  # another client may hold the port now; the rest still go back
-
-    def _evicted(self, session: _Session, id: str) -> None:
-        """An admin freed one of this client's registrations: final, so it is forgotten, never re-registered."""
-        with self._cond:
-            self._owned.pop(id, None)
+    def _evicted(self, session: Session) -> None:
+        with self._lock:
             self._end_if_idle(session)
+
+    def _write(self, call: Callable[[pb_grpc.RegistryStub, str], T]) -> T:
+        """Runs call(stub, session_id) under the session, opening it if need be."""
+        session = self._acquire()
+        try:
+            stub, session_id = session.live()
+            try:
+                return call(stub, session_id)
+            except grpc.RpcError as err:
+                raise SeaportError.of(err) from None
+        finally:
+            self._release(session)
 
     # -- writes: under the session ----------------------------------------------
 
@@ -427,130 +143,190 @@ class SeaportClient:
         id: str = "",
         namespace: Optional[str] = None,
     ) -> Registration:
-        """Registers role (`name@1.2.3`); port 0 has the registry assign one. Opens the session if none is open."""
-        session = self._acquire()
-        try:
-            stub, session_id = self._live(session)
+        """Registers role (`name@1.2.3`); port 0 has the registry assign one, host "" is the address the server sees."""
+
+        def call(stub: pb_grpc.RegistryStub, session_id: str) -> Registration:
             request = pb.RegisterRequest(
                 session_id=session_id, role=role, namespace=self._namespace if namespace is None else namespace,
                 host=host, port=port, id=id, metadata=dict(metadata or {}),
             )
-            try:
-                service = Service.of(stub.Register(request, timeout=self._request_timeout).service)
-            except grpc.RpcError as err:
-                raise SeaportError.of(err) from None
+            service = Service.of(stub.Register(request, timeout=self._request_timeout).service)
             request.id, request.host, request.port = service.id, service.host, service.port
-            with self._cond:
-                self._owned[service.id] = request
+            self._ledger.remember(request)
             return Registration(service.id, service.host, service.port, service)
+
+        return self._write(call)
+
+    def bind(
+        self,
+        role: str,
+        *,
+        port: int = 0,
+        host: str = "",
+        metadata: Optional[Mapping[str, str]] = None,
+        id: str = "",
+        namespace: Optional[str] = None,
+        bind_ip: str = "0.0.0.0",
+        backlog: int = 128,
+    ) -> tuple[socket.socket, Registration]:
+        """Registers role and returns a socket already listening on its port, with the registration.
+
+        Listening at once leaves no gap for another process to take the port.
+        A port someone holds outside the registry is freed and another one
+        asked for, up to BIND_ATTEMPTS times (once when `port` is given).
+        """
+        family = socket.AF_INET6 if ":" in bind_ip else socket.AF_INET
+        tried: list[int] = []
+        session = self._acquire()  # one session throughout, though a free may leave it empty for a while
+        try:
+            while True:
+                reg = self.register(role, port=port, host=host, metadata=metadata, id=id, namespace=namespace)
+                try:
+                    return socket.create_server((bind_ip, reg.port), family=family, backlog=backlog), reg
+                except OSError as err:
+                    self.free(reg.id)
+                    tried.append(reg.port)
+                    if port or len(tried) == BIND_ATTEMPTS:
+                        ports = ", ".join(map(str, tried))
+                        raise OSError(
+                            err.errno,
+                            f"could not listen on {bind_ip} at the port(s) the registry gave {role} ({ports}): "
+                            f"{err.strerror}; another process holds them outside the registry",
+                        ) from err
         finally:
             self._release(session)
 
-    def update(self, id: str, metadata: Mapping[str, str], merge: bool = False) -> Service:
-        """Replaces (or merges into) a registration's metadata."""
-        session = self._acquire()
-        try:
-            stub, session_id = self._live(session)
-            try:
-                reply = stub.Update(
-                    pb.UpdateRequest(session_id=session_id, id=id, metadata=dict(metadata), merge=merge),
-                    timeout=self._request_timeout,
-                )
-            except grpc.RpcError as err:
-                raise SeaportError.of(err) from None
-            service = Service.of(reply.service)
-            with self._cond:
-                if id in self._owned:
-                    self._owned[id].metadata.clear()
-                    self._owned[id].metadata.update(service.metadata)
+    def update(
+        self,
+        id: str,
+        metadata: Optional[Mapping[str, str]] = None,
+        merge: bool = False,
+        remove_keys: Sequence[str] = (),
+    ) -> Service:
+        """Replaces a registration's metadata, or with merge=True merges into it and removes remove_keys."""
+        if remove_keys and not merge:
+            raise ValueError("remove_keys applies when merging: pass merge=True")
+
+        def call(stub: pb_grpc.RegistryStub, session_id: str) -> Service:
+            request = pb.UpdateRequest(
+                session_id=session_id, id=id, metadata=dict(metadata or {}), merge=merge, remove_keys=list(remove_keys),
+            )
+            service = Service.of(stub.Update(request, timeout=self._request_timeout).service)
+            self._ledger.set_metadata(id, dict(service.metadata))
             return service
-        finally:
-            self._release(session)
+
+        return self._write(call)
+
+    def drain(self, id: str) -> Service:
+        """Marks a registration draining: still registered, but get and catalog picks pass over it.
+
+        Final until it is freed (draining again changes nothing); re-asserted
+        under a new session, it is drained again.
+        """
+
+        def call(stub: pb_grpc.RegistryStub, session_id: str) -> Service:
+            reply = stub.Drain(pb.DrainRequest(session_id=session_id, id=id), timeout=self._request_timeout)
+            self._ledger.drained(id)
+            return Service.of(reply.service)
+
+        return self._write(call)
 
     def free(self, id: str) -> Service:
         """Frees a registration; freeing this client's last one ends its session."""
-        session = self._acquire()
-        try:
-            stub, session_id = self._live(session)
+
+        def call(stub: pb_grpc.RegistryStub, session_id: str) -> Service:
             try:
                 reply = stub.Free(pb.FreeRequest(session_id=session_id, id=id), timeout=self._request_timeout)
             except grpc.RpcError as err:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
-                    with self._cond:
-                        self._owned.pop(id, None)
-                raise SeaportError.of(err) from None
-            with self._cond:
-                self._owned.pop(id, None)
+                    self._ledger.forget(id)
+                raise
+            if self._ledger.forget(id):
+                self._events.emit(ClientEvent("FREED", server=self._conn.address, id=id, reason="owner"))
             return Service.of(reply.service)
-        finally:
-            self._release(session)
+
+        return self._write(call)
 
     # -- reads: no session --------------------------------------------------------
 
     def query(self, pattern: str = "") -> list[Service]:
-        """The services matching `name`, `name@range` or everything, now."""
-        _, stub, generation = self._conn.current()
-        try:
-            reply = stub.Query(pb.QueryRequest(pattern=pattern, namespace=self._namespace), timeout=self._request_timeout)
-        except grpc.RpcError as err:
-            self._conn.failed_on(err, generation)
-            raise SeaportError.of(err) from None
-        return [Service.of(s) for s in reply.services]
-
-    def get(self, pattern: str, timeout: Optional[float] = None) -> list[Service]:
-        """Waits until something matches, across reconnects; raises SeaportError(DEADLINE_EXCEEDED) after `timeout` seconds."""
-        failures = 0
-        while True:
-            _, stub, generation = self._conn.current()
+        """The services matching `name`, `name@range` or everything, now; asks the next address when one is down."""
+        request = pb.QueryRequest(pattern=pattern, namespace=self._namespace)
+        attempts = len(self._conn.addresses)
+        for attempt in range(1, attempts + 1):
+            link = self._conn.current()
             try:
-                reply = stub.Get(pb.GetRequest(pattern=pattern, namespace=self._namespace), timeout=timeout)
+                reply = link.stub.Query(request, timeout=self._request_timeout)
                 return [Service.of(s) for s in reply.services]
             except grpc.RpcError as err:
-                self._conn.failed_on(err, generation)
-                if err.code() in _RETRYABLE and timeout is None and not self._closed.is_set():
-                    failures += 1
-                    self._closed.wait(_backoff(failures))
-                    continue
-                raise SeaportError.of(err) from None
-
-    def watch(self, pattern: str = "") -> Iterator[WatchEvent]:
-        """The matching services (EXISTING), SYNCED, then every change; survives reconnects."""
-        since, failures = 0, 0
-        while not self._closed.is_set():
-            try:
-                _, stub, generation = self._conn.current()
-            except SeaportError:
-                return  # the client closed
-            call = stub.Watch(pb.WatchRequest(pattern=pattern, namespace=self._namespace, since_revision=since))
-            try:
-                for e in call:
-                    failures = 0
-                    kind = pb.WatchEvent.Kind.Name(e.kind)
-                    if kind not in ("EXISTING", "RESET"):
-                        since = e.revision
-                    yield WatchEvent(kind, Service.of(e.service) if e.HasField("service") else None, e.revision)
-            except grpc.RpcError as err:
-                if err.code() not in _RETRYABLE:
+                if not self._conn.failed_on(err, link.generation) or attempt == attempts:
                     raise SeaportError.of(err) from None
-                self._conn.failed_on(err, generation)
-            finally:
-                call.cancel()
-            failures += 1
-            self._closed.wait(_backoff(failures))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def get(self, pattern: str, timeout: Optional[float] = None) -> list[Service]:
+        """Waits until something matches, across reconnects; SeaportError(DEADLINE_EXCEEDED) after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failures = 0
+        while True:
+            link = self._conn.current()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise SeaportError(grpc.StatusCode.DEADLINE_EXCEEDED, f"nothing matched {pattern!r} within {timeout}s")
+            wait_ms = 0 if left is None else max(1, int(left * 1000))
+            request = pb.GetRequest(pattern=pattern, namespace=self._namespace, timeout_ms=wait_ms)
+            try:
+                reply = link.stub.Get(request, timeout=left)
+                return [Service.of(s) for s in reply.services]
+            except grpc.RpcError as err:
+                self._conn.failed_on(err, link.generation)
+                if err.code() not in RETRYABLE or self._closed.is_set():
+                    raise SeaportError.of(err) from None
+                failures += 1
+                pause = backoff(failures)
+                self._closed.wait(pause if left is None else min(pause, max(0.0, deadline - time.monotonic())))
+
+    def watch(self, pattern: str = "", since_revision: int = 0) -> WatchStream:
+        """The matching services (EXISTING), SYNCED, then every change; survives reconnects.
+
+        since_revision > 0 replays the changes after that revision instead of
+        a snapshot, when the server still has them (else RESET and a snapshot).
+        """
+        stream = WatchStream(self._conn, pattern, self._namespace, since_revision)
+        self._watches.add(stream)
+        if self._closed.is_set():
+            stream.close()
+        return stream
+
+    def catalog(self, pattern: str = "") -> Catalog:
+        """A local view of the services matching pattern, kept current by a watch; returns once it holds a snapshot."""
+        return Catalog(self.watch(pattern), self._request_timeout)
 
     def close(self) -> None:
-        """Ends the session, freeing its registrations, and closes the connection."""
-        with self._cond:
+        """Ends the session, freeing its registrations, stops watches and closes the connection.
+
+        With drain_wait set, it first drains every registration of this
+        client and waits that long, so their users move elsewhere first.
+        """
+        if self._drain_wait > 0 and not self._closed.is_set() and self._ledger:
+            for id in self._ledger.ids():
+                try:
+                    self.drain(id)
+                except SeaportError:
+                    pass  # it is freed with the rest all the same
+            time.sleep(self._drain_wait)
+        with self._lock:
             self._closed.set()
-            if self._session is not None:
-                self._session.ending.set()
-            threads = list(self._threads)
-            self._cond.notify_all()
+            self._session = None
+            sessions = list(self._sessions)
+        for stream in list(self._watches):
+            stream.close()
+        for session in sessions:
+            session.end()
         deadline = time.monotonic() + 5
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for session in sessions:
+            session.join(timeout=max(0.0, deadline - time.monotonic()))
         self._conn.close()
+        self._events.end()
 
     def __enter__(self) -> "SeaportClient":
         return self

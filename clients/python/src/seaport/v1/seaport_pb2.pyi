@@ -21,7 +21,7 @@ FREE_REASON_EXPIRED: FreeReason
 FREE_REASON_ADMIN: FreeReason
 
 class Service(_message.Message):
-    __slots__ = ("id", "name", "version", "host", "port", "metadata", "namespace", "owner", "create_revision", "mod_revision")
+    __slots__ = ("id", "name", "version", "host", "port", "metadata", "namespace", "owner", "create_revision", "mod_revision", "draining")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class Service(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
     MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     version: str
@@ -49,7 +50,8 @@ class Service(_message.Message):
     owner: str
     create_revision: int
     mod_revision: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., owner: _Optional[str] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ...) -> None: ...
+    draining: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., namespace: _Optional[str] = ..., owner: _Optional[str] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("open", "resume", "ping", "close")
@@ -88,16 +90,22 @@ class CloseSession(_message.Message):
     def __init__(self) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("opened", "pong", "closed", "evicted")
+    __slots__ = ("opened", "pong", "closed", "evicted", "stopping")
     OPENED_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
     CLOSED_FIELD_NUMBER: _ClassVar[int]
     EVICTED_FIELD_NUMBER: _ClassVar[int]
+    STOPPING_FIELD_NUMBER: _ClassVar[int]
     opened: SessionOpened
     pong: Pong
     closed: SessionClosed
     evicted: Evicted
-    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., closed: _Optional[_Union[SessionClosed, _Mapping]] = ..., evicted: _Optional[_Union[Evicted, _Mapping]] = ...) -> None: ...
+    stopping: ServerStopping
+    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., closed: _Optional[_Union[SessionClosed, _Mapping]] = ..., evicted: _Optional[_Union[Evicted, _Mapping]] = ..., stopping: _Optional[_Union[ServerStopping, _Mapping]] = ...) -> None: ...
+
+class ServerStopping(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class SessionOpened(_message.Message):
     __slots__ = ("session_id", "ttl_ms", "observed_host", "resumed", "server_version")
@@ -200,6 +208,20 @@ class FreeRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class FreeResponse(_message.Message):
+    __slots__ = ("service",)
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    service: Service
+    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("session_id", "id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    id: str
+    def __init__(self, session_id: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class DrainResponse(_message.Message):
     __slots__ = ("service",)
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     service: Service

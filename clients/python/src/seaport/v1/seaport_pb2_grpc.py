@@ -55,6 +55,11 @@ class RegistryStub:
                 request_serializer=seaport_dot_v1_dot_seaport__pb2.FreeRequest.SerializeToString,
                 response_deserializer=seaport_dot_v1_dot_seaport__pb2.FreeResponse.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/seaport.v1.Registry/Drain',
+                request_serializer=seaport_dot_v1_dot_seaport__pb2.DrainRequest.SerializeToString,
+                response_deserializer=seaport_dot_v1_dot_seaport__pb2.DrainResponse.FromString,
+                _registered_method=True)
         self.Query = channel.unary_unary(
                 '/seaport.v1.Registry/Query',
                 request_serializer=seaport_dot_v1_dot_seaport__pb2.QueryRequest.SerializeToString,
@@ -114,6 +119,17 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Drain marks a registration draining: its instance is stopping and
+        should get no new traffic. Get and the clients' catalog picks skip it;
+        Query still lists it; watchers see it UPDATED. The same callers as Free
+        may; it is one-way (draining until freed) and draining twice changes
+        nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Query(self, request, context):
         """Query returns the services that match a pattern right now, ordered by
         name, then version (highest first), then id.
@@ -162,6 +178,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Free,
                     request_deserializer=seaport_dot_v1_dot_seaport__pb2.FreeRequest.FromString,
                     response_serializer=seaport_dot_v1_dot_seaport__pb2.FreeResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=seaport_dot_v1_dot_seaport__pb2.DrainRequest.FromString,
+                    response_serializer=seaport_dot_v1_dot_seaport__pb2.DrainResponse.SerializeToString,
             ),
             'Query': grpc.unary_unary_rpc_method_handler(
                     servicer.Query,
@@ -288,6 +309,33 @@ class Registry:
             '/seaport.v1.Registry/Free',
             seaport_dot_v1_dot_seaport__pb2.FreeRequest.SerializeToString,
             seaport_dot_v1_dot_seaport__pb2.FreeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seaport.v1.Registry/Drain',
+            seaport_dot_v1_dot_seaport__pb2.DrainRequest.SerializeToString,
+            seaport_dot_v1_dot_seaport__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,
