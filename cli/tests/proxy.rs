@@ -614,7 +614,12 @@ async fn draining_instances_get_no_new_connections() {
     let db_b = tcp_upstream(&registrar, "db@1.0.1", "b").await;
     let _db_c = tcp_upstream(&registrar, "db@1.0.2", "c").await;
     let http_proxy = Proxy::start(&[server.addr], &["http", "--listen", "127.0.0.1:0"], 1).await;
-    let tcp_proxy = Proxy::start(&[server.addr], &["tcp", "--listen", "127.0.0.1:0", "db@1.x"], 1).await;
+    let tcp_proxy = Proxy::start(
+        &[server.addr],
+        &["tcp", "--listen", "127.0.0.1:0", "db@1.x"],
+        1,
+    )
+    .await;
     let http = http_client();
     let base = format!("http://{}", http_proxy.addr());
     let (mut open, mut opened_on) = tcp_via(tcp_proxy.addr()).await;
@@ -630,11 +635,18 @@ async fn draining_instances_get_no_new_connections() {
     loop {
         let (_, body) = get(&http, format!("{base}/list/web@1.x")).await;
         let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let b = listed.as_array().unwrap().iter().find(|s| s["id"] == web[1].id().as_str());
+        let b = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == web[1].id().as_str());
         if b.is_some_and(|b| b["draining"] == true) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "b never listed as draining");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never listed as draining"
+        );
         tokio::task::yield_now().await;
     }
     let mut names = Vec::new();
@@ -648,7 +660,10 @@ async fn draining_instances_get_no_new_connections() {
     // TCP: a full round of the others without b, then none for b at all;
     // the connection b already had goes on.
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while names_via(tcp_proxy.addr(), 3).await.contains(&"b".to_string()) {
+    while names_via(tcp_proxy.addr(), 3)
+        .await
+        .contains(&"b".to_string())
+    {
         assert!(tokio::time::Instant::now() < deadline, "b still served");
     }
     let names = names_via(tcp_proxy.addr(), 12).await;
@@ -656,7 +671,10 @@ async fn draining_instances_get_no_new_connections() {
     open.write_all(b"still\n").await.unwrap();
     let mut echo = String::new();
     open.read_line(&mut echo).await.unwrap();
-    assert_eq!(echo, "still\n", "open connections to a draining instance go on");
+    assert_eq!(
+        echo, "still\n",
+        "open connections to a draining instance go on"
+    );
 
     // Every instance draining: nothing to send to, and the answer says so.
     registrar.drain(&web[0].id()).await.unwrap();
@@ -668,7 +686,10 @@ async fn draining_instances_get_no_new_connections() {
             assert_eq!(body, "every instance of web@1.x is draining\n");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "still served: {body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still served: {body}"
+        );
     }
 }
 
