@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::upgrade::OnUpgrade;
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -256,7 +256,7 @@ impl Gateway {
             match self.upstream.request(attempt).await {
                 Ok(response) => {
                     instances.succeeded(&service.id);
-                    return respond(response, lease, client_upgrade);
+                    return respond(response, parts.version, lease, client_upgrade);
                 }
                 Err(e) => {
                     let nothing_sent = e.is_connect();
@@ -284,13 +284,16 @@ impl Gateway {
     }
 }
 
-/// The instance's answer, as the client gets it; a switch of protocols
-/// becomes a tunnel between the two upgraded connections.
+/// The instance's answer, as the client gets it (in the client's HTTP
+/// version, whatever the instance's); a switch of protocols becomes a
+/// tunnel between the two upgraded connections.
 fn respond(
     mut response: Response<Incoming>,
+    version: Version,
     lease: Lease,
     client_upgrade: Option<OnUpgrade>,
 ) -> Response<Body> {
+    *response.version_mut() = version;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::to_client(response.headers_mut(), switching);
     match client_upgrade {

@@ -69,14 +69,20 @@ impl Pools {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn slot(&self, pattern: &str) -> Arc<Slot> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The slot of `pattern`; only a role not seen yet costs a parse.
+    fn slot(&self, pattern: &str) -> Result<Arc<Slot>, PoolError> {
         let now = self.now_ms();
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = slots.get(pattern) {
+        if let Some(slot) = self.slots().get(pattern) {
             slot.used.store(now, Ordering::Relaxed);
-            return slot.clone();
+            return Ok(slot.clone());
         }
-        if slots.len() >= self.max {
+        pattern.parse::<seaport::Pattern>()?;
+        let mut slots = self.slots();
+        if !slots.contains_key(pattern) && slots.len() >= self.max {
             let oldest = slots
                 .iter()
                 .min_by_key(|(_, s)| s.used.load(Ordering::Relaxed))
@@ -85,19 +91,19 @@ impl Pools {
                 slots.remove(&oldest);
             }
         }
-        let slot = Arc::new(Slot {
-            pool: OnceCell::new(),
-            used: AtomicU64::new(now),
+        let slot = slots.entry(pattern.to_string()).or_insert_with(|| {
+            Arc::new(Slot {
+                pool: OnceCell::new(),
+                used: AtomicU64::new(now),
+            })
         });
-        slots.insert(pattern.to_string(), slot.clone());
-        slot
+        Ok(slot.clone())
     }
 
     /// The pool of `pattern` (`name` or `name@range`; empty: every
     /// service), following the registry from its first use on.
     pub(crate) async fn get(&self, pattern: &str) -> Result<Arc<Pool>, PoolError> {
-        pattern.parse::<seaport::Pattern>()?;
-        let slot = self.slot(pattern);
+        let slot = self.slot(pattern)?;
         slot.pool
             .get_or_try_init(|| async {
                 let catalog = tokio::time::timeout(FOLLOW_TIMEOUT, self.client.catalog(pattern))
