@@ -9,6 +9,7 @@ mod headers;
 mod http;
 mod pools;
 mod routes;
+mod splice;
 mod tcp;
 mod tls;
 

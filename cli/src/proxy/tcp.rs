@@ -9,11 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::balance::{Lease, Pool};
-use super::{Common, held_off, log};
-
-/// Bytes each direction of a connection copies at a time: large enough
-/// that bulk transfers take few system calls.
-const COPY_BUFFER: usize = 64 * 1024;
+use super::{Common, held_off, log, splice};
 
 /// A listener and the role its connections go to.
 pub(crate) struct Route {
@@ -68,13 +64,13 @@ pub(crate) async fn serve(routes: Vec<Route>, common: &Common) {
 /// Connects `inbound` to an instance and copies both ways until either
 /// side closes; with no instance to reach, closes it at once and says why.
 async fn forward(
-    mut inbound: TcpStream,
+    inbound: TcpStream,
     peer: SocketAddr,
     pool: &Pool,
     timeout: Duration,
     local: &str,
 ) {
-    let (mut upstream, _lease) = match connect(pool, timeout).await {
+    let (upstream, _lease) = match connect(pool, timeout).await {
         Ok(connected) => connected,
         Err(why) => {
             return log(format!(
@@ -83,13 +79,7 @@ async fn forward(
         }
     };
     let _ = inbound.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional_with_sizes(
-        &mut inbound,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await;
+    let _ = splice::both_ways(&inbound, &upstream).await;
 }
 
 /// A connection to an instance of the pool's role: each one that refuses
