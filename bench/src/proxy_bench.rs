@@ -162,12 +162,30 @@ async fn upstreams(client: &SeaportClient, bulk: u64) -> [SocketAddr; 3] {
     [at(&w), at(&e), at(&s)]
 }
 
-/// Latencies in microseconds, and operations counted within the slices.
+/// Latencies in microseconds, operations counted within the slices, and
+/// the CPU the bench (client and upstreams) and the proxy used meanwhile.
 #[derive(Default)]
 struct Sample {
     micros: Vec<u32>,
     ops: u64,
     elapsed: Duration,
+    bench_cpu: Duration,
+    proxy_cpu: Duration,
+}
+
+/// CPU time (user and system) a process has used, from /proc, in the
+/// kernel's usual 100 ticks a second.
+fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // utime and stime: the 12th and 13th fields after the command's name.
+    let ticks: u64 = stat.rsplit_once(')').map_or(0, |(_, rest)| {
+        rest.split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|t| t.parse::<u64>().ok())
+            .sum()
+    });
+    Duration::from_millis(ticks * 10)
 }
 
 impl Sample {
@@ -179,6 +197,11 @@ impl Sample {
 
     fn rate(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// CPU microseconds per operation.
+    fn per_op(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.ops as f64
     }
 }
 
@@ -262,22 +285,27 @@ async fn bulk_slice(addr: SocketAddr, bytes: u64) -> Sample {
     }
     assert_eq!(read, bytes, "the whole transfer arrived");
     Sample {
-        micros: Vec::new(),
         ops: read,
         elapsed: started.elapsed(),
+        ..Sample::default()
     }
 }
 
-/// Runs `slice` alternately direct and proxied, `n` times a side.
-async fn alternate<F, Fut>(n: usize, mut slice: F) -> (Sample, Sample)
+/// Runs `slice` alternately direct and proxied, `n` times a side,
+/// through the proxy whose process is `proxy`.
+async fn alternate<F, Fut>(n: usize, proxy: u32, mut slice: F) -> (Sample, Sample)
 where
     F: FnMut(bool) -> Fut,
     Fut: std::future::Future<Output = Sample>,
 {
     let (mut direct, mut proxied) = (Sample::default(), Sample::default());
+    let me = std::process::id();
     for _ in 0..n {
         for (side, via_proxy) in [(&mut direct, false), (&mut proxied, true)] {
+            let (bench_before, proxy_before) = (cpu(me), cpu(proxy));
             let s = slice(via_proxy).await;
+            side.bench_cpu += cpu(me) - bench_before;
+            side.proxy_cpu += cpu(proxy) - proxy_before;
             side.micros.extend(s.micros);
             side.ops += s.ops;
             side.elapsed += s.elapsed;
@@ -300,11 +328,19 @@ fn latency_row(name: &str, mut direct: Sample, mut proxied: Sample) -> Value {
 
 fn rate_row(name: &str, unit: &str, scale: f64, direct: &Sample, proxied: &Sample) -> Value {
     let (d, p) = (direct.rate() / scale, proxied.rate() / scale);
-    println!(
-        "{name:<40} {d:>10.0} {unit} -> {p:>10.0} {unit}   {:>5.1}% of direct",
-        100.0 * p / d
+    let ops_per_unit = scale;
+    let (bench_d, bench_p) = (
+        direct.per_op(direct.bench_cpu) * ops_per_unit,
+        proxied.per_op(proxied.bench_cpu) * ops_per_unit,
     );
-    json!({"row": name, "unit": unit, "direct": d, "proxied": p, "ratio": p / d})
+    let proxy_p = proxied.per_op(proxied.proxy_cpu) * ops_per_unit;
+    println!(
+        "{name:<40} {d:>10.0} {unit} -> {p:>10.0} {unit}   {:>5.1}% of direct; CPU us per {}: bench {bench_d:.1} -> {bench_p:.1}, proxy {proxy_p:.1}",
+        100.0 * p / d,
+        unit.trim_end_matches("/s")
+    );
+    json!({"row": name, "unit": unit, "direct": d, "proxied": p, "ratio": p / d,
+           "bench_cpu_us_direct": bench_d, "bench_cpu_us_proxied": bench_p, "proxy_cpu_us": proxy_p})
 }
 
 #[tokio::main]
@@ -320,8 +356,8 @@ async fn main() {
         }
     };
     let [web, echo, bulk] = upstreams(&client, args.bulk_bytes).await;
-    let (_http_proxy, http) = proxy(server, &["http", "--listen", "127.0.0.1:0"], 1).await;
-    let (_tcp_proxy, tcp) = proxy(
+    let (http_proxy, http) = proxy(server, &["http", "--listen", "127.0.0.1:0"], 1).await;
+    let (tcp_proxy, tcp) = proxy(
         server,
         &[
             "tcp",
@@ -343,6 +379,7 @@ async fn main() {
     .await;
     echo_slice(tcp[0], Duration::from_millis(200)).await;
 
+    let (http_pid, tcp_pid) = (http_proxy.0.id().unwrap(), tcp_proxy.0.id().unwrap());
     let http_at = |via: bool| {
         if via {
             (http[0], "/role/bench-web@1.x/")
@@ -351,13 +388,13 @@ async fn main() {
         }
     };
     let mut rows = Vec::new();
-    let (d, p) = alternate(args.slices, |via| {
+    let (d, p) = alternate(args.slices, http_pid, |via| {
         let (addr, path) = http_at(via);
         http_slice(addr, path, 1, args.slice)
     })
     .await;
     rows.push(latency_row("HTTP GET, 1 in flight", d, p));
-    let (d, p) = alternate(args.slices, |via| {
+    let (d, p) = alternate(args.slices, http_pid, |via| {
         let (addr, path) = http_at(via);
         http_slice(addr, path, args.concurrency, args.slice)
     })
@@ -365,12 +402,12 @@ async fn main() {
     let name = format!("HTTP GET, {} in flight", args.concurrency);
     rows.push(rate_row(&name, "req/s", 1.0, &d, &p));
     rows.push(latency_row(&name, d, p));
-    let (d, p) = alternate(args.slices, |via| {
+    let (d, p) = alternate(args.slices, tcp_pid, |via| {
         echo_slice(if via { tcp[0] } else { echo }, args.slice)
     })
     .await;
     rows.push(latency_row("TCP echo, 64 B round trip", d, p));
-    let (d, p) = alternate(args.slices, |via| {
+    let (d, p) = alternate(args.slices, tcp_pid, |via| {
         bulk_slice(if via { tcp[1] } else { bulk }, args.bulk_bytes)
     })
     .await;
