@@ -390,7 +390,19 @@ async fn tcp_routes_share_a_process_and_a_role_with_no_instance_is_closed_at_onc
         2,
     )
     .await;
-    assert_eq!(tcp_via(proxy.addrs[0]).await.1, "cache");
+    // A half close crosses the proxy: the instance sees the end, answers
+    // all it had, and closes in turn.
+    let (conn, name) = tcp_via(proxy.addrs[0]).await;
+    assert_eq!(name, "cache");
+    let mut conn = conn.into_inner();
+    conn.write_all(b"last words").await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, conn.read_to_end(&mut rest))
+        .await
+        .expect("the instance closes in turn")
+        .unwrap();
+    assert_eq!(rest, b"last words");
 
     let started = tokio::time::Instant::now();
     let mut conn = TcpStream::connect(proxy.addrs[1]).await.unwrap();

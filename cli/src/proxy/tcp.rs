@@ -64,13 +64,13 @@ pub(crate) async fn serve(routes: Vec<Route>, common: &Common) {
 /// Connects `inbound` to an instance and copies both ways until either
 /// side closes; with no instance to reach, closes it at once and says why.
 async fn forward(
-    inbound: TcpStream,
+    mut inbound: TcpStream,
     peer: SocketAddr,
     pool: &Pool,
     timeout: Duration,
     local: &str,
 ) {
-    let (upstream, _lease) = match connect(pool, timeout).await {
+    let (mut upstream, _lease) = match connect(pool, timeout).await {
         Ok(connected) => connected,
         Err(why) => {
             return log(format!(
@@ -79,7 +79,7 @@ async fn forward(
         }
     };
     let _ = inbound.set_nodelay(true);
-    let _ = splice::both_ways(&inbound, &upstream).await;
+    let _ = splice::both_ways(&mut inbound, &mut upstream).await;
 }
 
 /// A connection to an instance of the pool's role: each one that refuses
