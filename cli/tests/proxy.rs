@@ -705,6 +705,19 @@ async fn draining_instances_get_no_new_connections() {
     }
 }
 
+/// A server that accepts, reads a request, and hangs up without an
+/// answer; returns its registration's id.
+async fn rude_upstream(client: &SeaportClient, role: &str) -> String {
+    let (listener, registration) = client.bind(role, loopback()).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buffer = [0u8; 1024];
+            let _ = stream.read(&mut buffer).await;
+        }
+    });
+    registration.id().to_string()
+}
+
 #[tokio::test]
 async fn http_gateway_answers_503_and_502_with_a_reason() {
     let server = TestServer::start().await;
@@ -717,14 +730,9 @@ async fn http_gateway_answers_503_and_502_with_a_reason() {
         .register("dead@1.0.0", RegisterOptions::default().port(port))
         .await
         .unwrap();
-    // Accepts, reads the request, and hangs up without an answer.
-    let (rude, _rude_registration) = registrar.bind("rude@1.0.0", loopback()).await.unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = rude.accept().await {
-            let mut buffer = [0u8; 1024];
-            let _ = stream.read(&mut buffer).await;
-        }
-    });
+    let _rude = rude_upstream(&registrar, "rude@1.0.0").await;
+    let flaky = rude_upstream(&registrar, "flaky@1.0.0").await;
+    let _polite = http_upstream(&registrar, "flaky@1.0.1", "polite").await;
     let proxy = Proxy::start(&[server.addr], &["http", "--listen", "127.0.0.1:0"], 1).await;
     let http = http_client();
     let base = format!("http://{}", proxy.addr());
@@ -748,6 +756,19 @@ async fn http_gateway_answers_503_and_502_with_a_reason() {
     let (status, body) = send(&http, request).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(body.starts_with("rude@1.x failed: "), "{body}");
+
+    // With an instance that answers beside it, an idempotent request
+    // that a rude one dropped is sent again there, and the client never
+    // sees the failure. Round robin tries the rude one within two.
+    for _ in 0..2 {
+        let (status, body) = get(&http, format!("{base}/role/flaky@1.x/menu")).await;
+        assert_eq!(
+            (status, who(&body)),
+            (StatusCode::OK, "polite".into()),
+            "{body}"
+        );
+    }
+    proxy.logged(&format!("instance {flaky} at")).await;
 
     let (status, body) = get(&http, format!("{base}/instance/no-such-id/")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
