@@ -280,7 +280,8 @@ fn not_yours(cli: &Cli, e: Error) -> Failure {
         failure.message.push_str(
             ". Without mTLS only the process that registered it, through its own session, may update, drain or free it \
              (stop that process and its registrations are freed with its session); \
-             under mTLS (seaportd --client-ca) so may a certificate of its owner's identity, and an admin's may drain or free it",
+             under mTLS (seaportd --client-ca) so may a certificate of its owner's identity, and an admin's may drain or free it \
+             (README: Securing a registry)",
         );
     }
     failure

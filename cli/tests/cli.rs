@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use seaport_client::{RegisterOptions, SeaportClient};
-use seaport_testkit::{PATIENCE, TestServer, eventually};
+use seaport_testkit::{PATIENCE, TestServer, eventually, test_config};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -245,12 +245,15 @@ async fn query_prints_a_table_json_or_addresses() {
 
 #[tokio::test]
 async fn get_waits_for_a_later_registration_and_times_out_cleanly() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with_admin(test_config()).await;
     let waiting = seaportctl(server.addr, &["get", "web@1.2.x", "--addresses"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("seaportctl's Get to wait at the server", async || {
+        server.metric("seaport_get_waiters").await == Some(1.0)
+    })
+    .await;
     let owner = client(server.addr).await;
     owner
         .register(
@@ -505,13 +508,19 @@ async fn a_stopping_instance_drains_and_is_not_picked_while_it_still_serves() {
     .await;
     assert!(running(command), "the instance serves while it drains");
     let mut picks = 0;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     while catalog.services().iter().any(|s| s.id == "web-0") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "web-0 never left the catalog"
+        );
         assert_eq!(
             catalog.pick().unwrap().id,
             "web-1",
             "picked a draining instance"
         );
         picks += 1;
+        // How often picks are sampled through the drain wait.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(picks > 50, "only {picks} picks during the drain wait");

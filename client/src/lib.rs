@@ -81,6 +81,11 @@ pub enum ClientEvent {
         /// Why.
         reason: String,
     },
+    /// The session was resumed on `server` after a drop: nothing was lost.
+    Resumed {
+        /// The server's address.
+        server: String,
+    },
     /// The server no longer knew the session; a new one is being opened.
     SessionLost,
     /// This many of the client's registrations were registered again.

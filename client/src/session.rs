@@ -321,7 +321,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                     seen,
                     tls,
                 };
-                serve(&shared, &link, &mut session).await
+                run_link(&shared, &link, &mut session).await
             }
             Err(trouble) => {
                 shared.note(&server, trouble.clone());
@@ -432,7 +432,7 @@ impl Link<'_> {
 /// need nothing more; once a write wants a session, holds one through it.
 /// `Connected` is told once per connection: when it is up for reads, or,
 /// for a client that wants a session, once that is held.
-async fn serve(shared: &Shared, link: &Link<'_>, session: &mut Option<String>) -> Ended {
+async fn run_link(shared: &Shared, link: &Link<'_>, session: &mut Option<String>) -> Ended {
     let mut want = shared.want.subscribe();
     let mut closed = shared.closed.subscribe();
     let mut broken = shared.broken.subscribe();
@@ -550,7 +550,11 @@ async fn hold(
     };
     *session = Some(opened.session_id.clone());
     shared.note_session_failure(None);
-    if !opened.resumed {
+    if opened.resumed {
+        shared.emit(ClientEvent::Resumed {
+            server: link.server.to_string(),
+        });
+    } else {
         reassert(shared, &mut rpc, &opened.session_id).await;
     }
     shared

@@ -198,6 +198,8 @@ impl Registry {
         if !session.pinned() {
             tracing::info!(
                 session = session.label,
+                host = %session.observed_host,
+                identity = %session.owner,
                 services = session.services.len(),
                 closed = session.closing,
                 "session ended in the store"

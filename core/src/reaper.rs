@@ -17,6 +17,8 @@ impl Registry {
             if let Some(session) = state.sessions.open.remove(&id) {
                 tracing::info!(
                     session = session.label,
+                    host = %session.observed_host,
+                    identity = %session.owner,
                     services = session.services.len(),
                     "session expired"
                 );

@@ -83,7 +83,9 @@ async fn load(store: &EtcdStore, registry: &Registry) -> Result<u64, etcd_client
         if revision > 0 {
             options = options.with_revision(revision as i64);
         }
-        let answer = kv.get(from.clone(), Some(options)).await?;
+        let answer = store
+            .timed("range", kv.get(from.clone(), Some(options)))
+            .await?;
         if revision == 0 {
             revision = crate::revision_of(answer.header());
         }
@@ -194,6 +196,7 @@ async fn watch(
         }
         // A progress notice moves the revision on with no events.
         let progressed = crate::revision_of(answer.header());
+        store.observer.revision(progressed.max(last));
         if answer.events().is_empty() && progressed > last {
             last = progressed;
         }

@@ -20,13 +20,23 @@ struct KeepAliveRequest {
     id: i64,
 }
 
-/// etcdserverpb.LeaseKeepAliveResponse, without its header.
+/// etcdserverpb.LeaseKeepAliveResponse.
 #[derive(Clone, PartialEq, prost::Message)]
 struct KeepAliveResponse {
+    #[prost(message, optional, tag = "1")]
+    header: Option<ResponseHeader>,
     #[prost(int64, tag = "2")]
     id: i64,
+    /// 0 when etcd no longer knows the lease.
     #[prost(int64, tag = "3")]
     ttl: i64,
+}
+
+/// etcdserverpb.ResponseHeader, its revision only.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResponseHeader {
+    #[prost(int64, tag = "3")]
+    revision: i64,
 }
 
 /// A channel to the members for the keep-alive stream.
@@ -73,13 +83,30 @@ pub(crate) async fn keep(store: Arc<EtcdStore>, channel: Channel) {
         match opened.await {
             Ok(mut answers) => {
                 while let Some(answer) = answers.next().await {
-                    if let Err(e) = answer {
-                        tracing::debug!(error = %e, "the keep-alive stream broke; opening another");
-                        break;
+                    match answer {
+                        Ok(kept) if kept.ttl <= 0 => {
+                            tracing::debug!(
+                                lease = kept.id,
+                                "etcd no longer knows a lease it was asked to keep"
+                            );
+                            store.observer.keep_alive_failed();
+                        }
+                        Ok(kept) => {
+                            let revision = kept.header.map_or(0, |h| h.revision);
+                            store.observer.revision(revision as u64);
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "the keep-alive stream broke; opening another");
+                            store.observer.keep_alive_failed();
+                            break;
+                        }
                     }
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "cannot open the keep-alive stream; retrying"),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open the keep-alive stream; retrying");
+                store.observer.keep_alive_failed();
+            }
         }
         forwarder.abort();
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -8,6 +8,7 @@ mod feed;
 mod group;
 mod keepalive;
 mod keys;
+mod observer;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ use seaport_core::{
 use tokio::sync::Notify;
 
 use keys::Keys;
+pub use observer::{Observer, Unobserved};
 
 /// How to reach etcd.
 #[derive(Clone, Debug)]
@@ -54,15 +56,18 @@ pub struct EtcdStore {
     health: tokio::sync::watch::Sender<StoreHealth>,
     /// Writes on their way to a shared transaction ([`group`]).
     batches: tokio::sync::mpsc::UnboundedSender<group::Pending>,
+    observer: Arc<dyn Observer>,
 }
 
 impl EtcdStore {
     /// Connects to etcd, and starts the registry that follows it: the feed
     /// loads the index and keeps it current, the keeper keeps this
     /// server's sessions alive. The registry answers reads once loaded.
+    /// `observer` is told of every request, for metrics.
     pub async fn start(
         options: &EtcdOptions,
         limits: seaport_core::Limits,
+        observer: Arc<dyn Observer>,
     ) -> std::result::Result<Registry, String> {
         let tls = tls(options)?;
         let mut connect = ConnectOptions::new()
@@ -90,6 +95,7 @@ impl EtcdStore {
             wake_keeper: Notify::new(),
             health: tokio::sync::watch::Sender::new(StoreHealth::Syncing),
             batches,
+            observer,
         });
         tokio::spawn(group::run(store.clone(), queue));
         let registry = Registry::with_store(limits, store.clone());
@@ -110,7 +116,23 @@ impl EtcdStore {
 
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
         self.check_reachable()?;
-        self.client.kv_client().txn(txn).await.map_err(unavailable)
+        let answer = self.timed("txn", self.client.kv_client().txn(txn)).await;
+        let answer = answer.map_err(unavailable)?;
+        self.observer.revision(revision_of(answer.header()));
+        Ok(answer)
+    }
+
+    /// Runs `request`, telling the observer how long it took.
+    async fn timed<T>(
+        &self,
+        request: &'static str,
+        call: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    ) -> std::result::Result<T, etcd_client::Error> {
+        let started = std::time::Instant::now();
+        let answer = call.await;
+        self.observer
+            .round_trip(request, started.elapsed(), answer.is_ok());
+        answer
     }
 }
 
@@ -154,10 +176,9 @@ impl Store for EtcdStore {
         Box::pin(async move {
             self.check_reachable()?;
             let ttl = session.ttl.as_secs_f64().ceil().max(1.0) as i64;
+            let mut leases = self.client.lease_client();
             let lease = self
-                .client
-                .lease_client()
-                .grant(ttl, None)
+                .timed("lease_grant", leases.grant(ttl, None))
                 .await
                 .map_err(unavailable)?
                 .id();
@@ -196,10 +217,9 @@ impl Store for EtcdStore {
             if !self.txn(mark).await?.succeeded() {
                 return Err(RegistryError::UnknownSession);
             }
+            let mut leases = self.client.lease_client();
             let revoked = self
-                .client
-                .lease_client()
-                .revoke(session.lease)
+                .timed("lease_revoke", leases.revoke(session.lease))
                 .await
                 .map_err(unavailable)?;
             Ok(revision_of(revoked.header()))

@@ -14,7 +14,7 @@ use seaport_core::{
     Actor, Limits, MetadataChange, NewService, Policy, Registry, RegistryError, Selector, Watch,
     WatchEvent,
 };
-use seaport_etcd::{EtcdOptions, EtcdStore};
+use seaport_etcd::{EtcdOptions, EtcdStore, Unobserved};
 use seaport_testkit::{EtcdCluster, PATIENCE};
 use tokio_stream::StreamExt;
 
@@ -56,7 +56,9 @@ async fn etcd() -> Subject {
         cert: None,
         key: None,
     };
-    let registry = EtcdStore::start(&options, limits()).await.unwrap();
+    let registry = EtcdStore::start(&options, limits(), std::sync::Arc::new(Unobserved))
+        .await
+        .unwrap();
     synced(&registry).await;
     Subject {
         registry,
@@ -538,7 +540,9 @@ async fn ownership_and_policy_hold_across_servers() {
         "admins = [\"ops\"]\n[[allow]]\nidentities = [\"alice\", \"ops\"]\nnames = [\"web\"]\n";
     let mut servers = Vec::new();
     for _ in 0..2 {
-        let registry = EtcdStore::start(&options, limits()).await.unwrap();
+        let registry = EtcdStore::start(&options, limits(), std::sync::Arc::new(Unobserved))
+            .await
+            .unwrap();
         synced(&registry).await;
         registry.set_policy(Policy::parse(policy, "test").unwrap());
         servers.push(registry);
@@ -612,7 +616,9 @@ async fn a_server_started_later_loads_the_whole_registry() {
         cert: None,
         key: None,
     };
-    let first = EtcdStore::start(&options, limits()).await.unwrap();
+    let first = EtcdStore::start(&options, limits(), std::sync::Arc::new(Unobserved))
+        .await
+        .unwrap();
     synced(&first).await;
     let mut calls = tokio::task::JoinSet::new();
     for s in 0..10 {
@@ -631,7 +637,9 @@ async fn a_server_started_later_loads_the_whole_registry() {
     calls.join_all().await;
     let (all, revision) = first.query(&selector(&first, "web"));
     assert_eq!(all.len(), 500);
-    let later = EtcdStore::start(&options, limits()).await.unwrap();
+    let later = EtcdStore::start(&options, limits(), std::sync::Arc::new(Unobserved))
+        .await
+        .unwrap();
     synced(&later).await;
     let (loaded, at) = later.query(&selector(&later, "web"));
     assert_eq!(loaded.len(), 500, "every page loaded");

@@ -64,7 +64,10 @@ impl Auth {
             Some(identity) => Ok(Actor { identity }),
             None if write || self.require_cert_for_reads => Err(crate::grpc::reject(
                 rpc,
-                request.remote_addr(),
+                crate::grpc::Caller {
+                    peer: request.remote_addr(),
+                    identity: "",
+                },
                 RegistryError::NoCertificate { rpc },
             )),
             None => Ok(Actor::default()),

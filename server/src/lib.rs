@@ -29,7 +29,7 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
 pub use config::Config;
-use grpc::{RegistryServer, RegistryService};
+use grpc::{RegistryRpcs, RegistryServer};
 use registry::{NewService, Registry};
 
 /// Why the server could not start or stopped with an error.
@@ -61,10 +61,11 @@ pub enum ServerError {
 /// The gRPC service name of the registry, as health checks name it.
 pub const REGISTRY_SERVICE: &str = "seaport.v1.Registry";
 
-/// Serves the registry on `listener` until `shutdown` completes, then
-/// reports NOT_SERVING, keeps answering for `config.drain_delay` so probes
-/// and balancers notice, stops accepting and ends streams, and waits up to
-/// `config.shutdown_grace` for calls in flight.
+/// Serves the registry on `listener` until `shutdown` completes. Then it
+/// leaves: reports NOT_SERVING and tells every session to move to another
+/// server; after `config.drain_delay` (for probes and balancers to notice)
+/// and once the sessions have gone, it stops: accepts no more, ends the
+/// streams, and waits up to `config.shutdown_grace` for calls in flight.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -93,7 +94,8 @@ pub async fn run_with_admin(
         mtls: config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         require_cert_for_reads: config.require_client_cert_for_reads,
     });
-    let (registry, _reaper) = open_store(&config).await?;
+    let store_metrics = Arc::new(metrics::StoreMetrics::new());
+    let (registry, _reaper) = open_store(&config, &store_metrics).await?;
     registry.set_policy(policy);
     if registry.is_synced() {
         register_self(&registry, &config, local).await?;
@@ -127,11 +129,15 @@ pub async fn run_with_admin(
         (reflection().build_v1()?, reflection().build_v1alpha()?);
 
     let watchers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let metrics = Arc::new(metrics::Metrics::new(registry.clone(), watchers.clone()));
+    let on_etcd = matches!(config.store, config::StoreConfig::Etcd(_));
+    let metrics = Arc::new(metrics::Metrics::new(
+        registry.clone(),
+        watchers.clone(),
+        on_etcd.then_some(store_metrics),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (leaving_tx, leaving_rx) = tokio::sync::watch::channel(false);
     let sessions = Arc::new(tokio::sync::watch::Sender::new(0usize));
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     // Health Watch streams end at shutdown like the registry's own.
     let health_service = tonic_health::pb::health_server::HealthServer::new(
         grpc::StoppingHealth::new(health.clone(), stop_rx.clone()),
@@ -154,13 +160,13 @@ pub async fn run_with_admin(
         registry.clone(),
         stop_rx.clone(),
     );
-    let registry_service = RegistryServer::new(RegistryService::new(
+    let registry_service = RegistryServer::new(RegistryRpcs::new(
         registry.clone(),
         auth,
         (config.max_watchers, watchers),
         grpc::Stop {
             leaving: leaving_rx,
-            stopped: stop_rx,
+            stopped: stop_rx.clone(),
             sessions: sessions.clone(),
         },
         metrics.clone(),
@@ -178,10 +184,12 @@ pub async fn run_with_admin(
         idle_timeout: config.idle_timeout,
         metrics,
     };
-    let drained = async {
-        let _ = drain_rx.await;
+    // The listener closes when the server stops, with the streams.
+    let mut stopping = stop_rx;
+    let stopped = async move {
+        let _ = stopping.wait_for(|stopped| *stopped).await;
     };
-    let mut server = std::pin::pin!(serve::serve(routes, listener, tls, settings, drained));
+    let mut server = std::pin::pin!(serve::serve(routes, listener, tls, settings, stopped));
     tracing::info!(%local, version = env!("CARGO_PKG_VERSION"), tls = config.tls.is_some(), "seaportd serving");
 
     tokio::select! {
@@ -219,7 +227,6 @@ pub async fn run_with_admin(
         _ = settle => {}
     }
     let _ = stop_tx.send(true);
-    let _ = drain_tx.send(());
     match tokio::time::timeout(config.shutdown_grace, &mut server).await {
         Ok(()) => {}
         Err(_) => {
@@ -270,6 +277,9 @@ fn is_link_local(ip: &std::net::IpAddr) -> bool {
 /// guard (none with etcd: sessions expire there).
 async fn open_store(
     config: &Config,
+    #[cfg_attr(not(feature = "etcd"), allow(unused_variables))] observer: &Arc<
+        metrics::StoreMetrics,
+    >,
 ) -> Result<(Registry, Option<registry::ReaperGuard>), ServerError> {
     match &config.store {
         config::StoreConfig::Memory => {
@@ -286,9 +296,10 @@ async fn open_store(
                 key: etcd.key.clone(),
             };
             tracing::info!(endpoints = %etcd.endpoints.join(","), prefix = %etcd.prefix, "store: etcd");
-            let registry = seaport_etcd::EtcdStore::start(&options, config.limits.clone())
-                .await
-                .map_err(ServerError::Store)?;
+            let registry =
+                seaport_etcd::EtcdStore::start(&options, config.limits.clone(), observer.clone())
+                    .await
+                    .map_err(ServerError::Store)?;
             Ok((registry, None))
         }
         #[cfg(not(feature = "etcd"))]

@@ -4,7 +4,7 @@
 //! registry holds (sessions, registrations, ports) is read when scraped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -71,6 +71,95 @@ struct HostLabels {
     host: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    request: &'static str,
+}
+
+/// A histogram's constructor, as a family of them keeps it.
+type NewHistogram = fn() -> Histogram;
+
+/// From 50 µs to about 3 s, by threes.
+fn latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00005, 3.0, 11,
+    ))
+}
+
+/// The etcd store's work: each request's round trip, keep-alive failures,
+/// and the newest revision etcd answered at, from which the index's lag
+/// behind etcd is read when scraped.
+pub struct StoreMetrics {
+    requests: Family<RequestLabels, Histogram, NewHistogram>,
+    failures: Family<RequestLabels, Counter>,
+    keep_alive_failures: Counter,
+    newest: AtomicU64,
+    lag: Gauge,
+}
+
+impl StoreMetrics {
+    /// Nothing counted yet.
+    pub fn new() -> Self {
+        StoreMetrics {
+            requests: Family::new_with_constructor(latency_histogram),
+            failures: Family::default(),
+            keep_alive_failures: Counter::default(),
+            newest: AtomicU64::new(0),
+            lag: Gauge::default(),
+        }
+    }
+
+    fn register(&self, p: &mut Prometheus) {
+        p.register(
+            "etcd_request_duration_seconds",
+            "Round trips to etcd, by request",
+            self.requests.clone(),
+        );
+        p.register(
+            "etcd_request_failures",
+            "Requests to etcd that failed, by request",
+            self.failures.clone(),
+        );
+        p.register(
+            "etcd_keep_alive_failures",
+            "Keep-alive streams that broke or could not be opened, and leases etcd no longer knew",
+            self.keep_alive_failures.clone(),
+        );
+        p.register(
+            "etcd_revision_lag",
+            "Revisions the index is behind the newest etcd answered at",
+            self.lag.clone(),
+        );
+    }
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl seaport_etcd::Observer for StoreMetrics {
+    fn round_trip(&self, request: &'static str, took: Duration, ok: bool) {
+        let labels = RequestLabels { request };
+        self.requests
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if !ok {
+            self.failures.get_or_create(&labels).inc();
+        }
+    }
+
+    fn keep_alive_failed(&self) {
+        self.keep_alive_failures.inc();
+    }
+
+    fn revision(&self, revision: u64) {
+        self.newest.fetch_max(revision, Ordering::Relaxed);
+    }
+}
+
 /// Every metric of one seaportd.
 pub struct Metrics {
     prometheus: Prometheus,
@@ -94,20 +183,22 @@ pub struct Metrics {
     watching: Gauge,
     watch_resets: Counter,
     get_waiters: Gauge,
+    store: Option<Arc<StoreMetrics>>,
 }
 
 impl Metrics {
     /// The metrics of a server on `registry`, whose Watch streams
-    /// `watchers` counts.
-    pub fn new(registry: Registry, watchers: Arc<AtomicUsize>) -> Metrics {
+    /// `watchers` counts, with its `store`'s when it has one (etcd).
+    pub fn new(
+        registry: Registry,
+        watchers: Arc<AtomicUsize>,
+        store: Option<Arc<StoreMetrics>>,
+    ) -> Metrics {
         let mut prometheus = Prometheus::with_prefix("seaport");
         let rpcs = Family::<RpcLabels, Counter>::default();
-        let durations = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
-            // 50 µs to about 3 s.
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.00005, 3.0, 11,
-            ))
-        });
+        let durations = Family::<MethodLabels, Histogram, NewHistogram>::new_with_constructor(
+            latency_histogram,
+        );
         let calls = METHODS
             .iter()
             .map(|&method| {
@@ -148,6 +239,7 @@ impl Metrics {
             watching: Gauge::default(),
             watch_resets: Counter::default(),
             get_waiters: Gauge::default(),
+            store,
         };
         metrics.register_all()
     }
@@ -221,6 +313,9 @@ impl Metrics {
             "Gets waiting for a match",
             self.get_waiters.clone(),
         );
+        if let Some(store) = &self.store {
+            store.register(p);
+        }
         self
     }
 
@@ -278,6 +373,10 @@ impl Metrics {
         total(&self.sessions_expired, stats.sessions_expired);
         total(&self.sessions_closed, stats.sessions_closed);
         total(&self.watch_resets, stats.watch_resets);
+        if let Some(store) = &self.store {
+            let newest = store.newest.load(Ordering::Relaxed);
+            set(&store.lag, newest.saturating_sub(stats.revision));
+        }
         self.registrations.clear();
         for (namespace, count) in stats.registrations {
             set(

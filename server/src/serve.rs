@@ -30,6 +30,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
@@ -70,7 +71,8 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Serves `routes` on every connection accepted from `listener` (over TLS
 /// when `tls` is set) until `shutdown` completes; then stops accepting,
 /// asks every connection to finish its calls (HTTP/2 GOAWAY) and returns
-/// once they all have.
+/// once they all have. Dropped before then (its caller's grace ran out),
+/// it closes every connection still open.
 pub(crate) async fn serve(
     routes: Routes,
     listener: TcpListener,
@@ -95,9 +97,11 @@ pub(crate) async fn serve(
         settings,
         stop: stop_rx,
     };
-    server.accept(listener, shutdown).await;
+    // The connections' tasks: aborted, and so closed, if this is dropped.
+    let mut connections = JoinSet::new();
+    server.accept(listener, shutdown, &mut connections).await;
     let _ = stop_tx.send(());
-    stop_tx.closed().await;
+    while connections.join_next().await.is_some() {}
 }
 
 /// What every connection's task needs.
@@ -106,7 +110,10 @@ struct Server {
     builder: hyper::server::conn::http2::Builder<Executor>,
     tls: Option<SharedTlsConfig>,
     settings: Settings,
-    /// Changes when the server stops; each connection holds a clone.
+    /// Changes when the server stops, so each connection sends GOAWAY.
+    /// (hyper-util's GracefulShutdown would do this, but its `watch` takes
+    /// the connection for itself, and the idle timeout must send GOAWAY
+    /// too, as tonic's `max_connection_age` must.)
     stop: watch::Receiver<()>,
 }
 
@@ -154,7 +161,12 @@ fn per_connection(e: &io::Error) -> bool {
 impl Server {
     /// Accepts until `shutdown`. Returning drops the listener, so it closes
     /// at once and new clients are refused rather than left waiting.
-    async fn accept(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    async fn accept(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        connections: &mut JoinSet<()>,
+    ) {
         let server = Arc::new(self);
         let permits = Arc::new(Semaphore::new(server.settings.max_connections));
         let mut shutdown = std::pin::pin!(shutdown);
@@ -198,8 +210,10 @@ impl Server {
                 continue;
             };
             server.settings.metrics.connection();
+            // Those that ended since the last accept.
+            while connections.try_join_next().is_some() {}
             let server = server.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 server.connection(tcp, peer).await;
                 drop(permit);
             });

@@ -10,6 +10,7 @@ use seaport::pb::{self, registry_client::RegistryClient};
 use seaport_client::{ClientEvent, RegisterOptions, SeaportClient};
 use seaport_server::Config;
 use seaport_server::config::{EtcdConfig, StoreConfig};
+use seaport_testkit::admin::{scrape, value};
 use seaport_testkit::{
     EtcdCluster, PATIENCE, Seaportd, TestServer, assert_status, eventually, open, query, register,
     test_config,
@@ -465,5 +466,61 @@ async fn a_server_is_not_trusted_before_it_has_loaded_the_registry() {
     eventually("it registers itself once loaded", async || {
         query(&mut client, "seaport").await.len() == 1
     })
+    .await;
+}
+
+/// With the etcd store, /metrics times each request to etcd, counts the
+/// keep-alive stream's failures, and shows the index's lag behind etcd.
+#[tokio::test]
+async fn metrics_time_etcd_requests_and_count_keep_alive_failures() {
+    let mut etcd = EtcdCluster::start(1).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let server = TestServer::serve(listener, Some(admin), on(&etcd));
+    let channel = server.channel().await;
+    eventually("the server loads the registry from etcd", async || {
+        serving(&channel).await
+    })
+    .await;
+    let mut client = RegistryClient::new(channel);
+    let session = open(&mut client, 5_000).await;
+    register(&mut client, &session, "web@1.0.0").await;
+
+    let count = |scrape, request| {
+        value(
+            scrape,
+            "seaport_etcd_request_duration_seconds_count",
+            &[("request", request)],
+        )
+    };
+    let scraped = scrape(admin_addr).await;
+    assert!(
+        count(&scraped, "txn").unwrap() >= 2.0,
+        "a session's record and a registration"
+    );
+    assert!(count(&scraped, "lease_grant").unwrap() >= 1.0);
+    assert!(count(&scraped, "range").unwrap() >= 1.0, "the load");
+    eventually("the index to catch up with etcd", async || {
+        value(&scrape(admin_addr).await, "seaport_etcd_revision_lag", &[]) == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        value(&scraped, "seaport_etcd_keep_alive_failures_total", &[]),
+        Some(0.0)
+    );
+
+    etcd.stop_member(0);
+    eventually(
+        "the keep-alive stream's failure to be counted",
+        async || {
+            value(
+                &scrape(admin_addr).await,
+                "seaport_etcd_keep_alive_failures_total",
+                &[],
+            )
+            .is_some_and(|n| n >= 1.0)
+        },
+    )
     .await;
 }

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use seaport::pb::{self, registry_client::RegistryClient};
-use seaport_testkit::Seaportd;
+use seaport_client::{RegisterOptions, SeaportClient};
+use seaport_testkit::tls::{TempDir, identity_pem, init_certs, pem, try_query};
+use seaport_testkit::{PATIENCE, Seaportd, eventually};
 use tokio::net::TcpStream;
-
-/// How long any wait in these tests lasts at most.
-const PATIENCE: Duration = Duration::from_secs(20);
+use tokio_stream::StreamExt;
 
 /// seaportd as a process, with what these tests read of it.
 struct Process(Seaportd);
@@ -30,6 +30,11 @@ impl Process {
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
         let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
         Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+    }
+
+    /// Whether a line of its log so far contains `needle`.
+    fn logged(&self, needle: &str) -> bool {
+        self.0.log().iter().any(|l| l.contains(needle))
     }
 
     /// A query answered, within `limit`.
@@ -58,16 +63,100 @@ fn clock_ticks() -> u64 {
 async fn sighup_in_plaintext_leaves_it_serving() {
     let seaportd = Process::start("").await;
     assert!(seaportd.answers_within(PATIENCE).await);
-    let pid = seaportd.pid();
+    hangup(seaportd.pid());
+    eventually("the SIGHUP to be handled", async || {
+        seaportd.logged("SIGHUP: nothing to reload")
+    })
+    .await;
+    assert!(
+        seaportd.answers_within(PATIENCE).await,
+        "still serving after SIGHUP"
+    );
+}
+
+/// Sends SIGHUP to process `pid`.
+fn hangup(pid: u32) {
     let sent = std::process::Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// The reload on SIGHUP, sent to this one server's process. The new client
+/// CA keeps the old file's modification time, so the poll of modification
+/// times cannot be what loads it (tests/e2e/tls.rs covers that poll).
+#[tokio::test]
+async fn sighup_rotates_the_client_ca_without_dropping_sessions() {
+    let dir = TempDir::new("sighup");
+    let next = TempDir::new("sighup-next");
+    init_certs(dir.path(), &["alice"]);
+    init_certs(next.path(), &["carol"]);
+    let bundle = dir.path().join("clients-ca.pem");
+    std::fs::copy(dir.path().join("ca.pem"), &bundle).unwrap();
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    let args = [
+        "--tls-cert".to_string(),
+        path(dir.path().join("server.pem")),
+        "--tls-key".into(),
+        path(dir.path().join("server-key.pem")),
+        "--client-ca".into(),
+        path(bundle.clone()),
+    ];
+    let seaportd = Seaportd::start(env!("CARGO_BIN_EXE_seaportd"), "", &args).await;
+    let addr = seaportd.addr;
+
+    let (cert, key) = identity_pem(dir.path(), "alice");
+    let alice = SeaportClient::builder()
+        .endpoint(addr.to_string())
+        .ca_pem(pem(dir.path(), "ca.pem"))
+        .identity_pem(cert, key)
+        .connect()
+        .await
+        .unwrap();
+    let mut events = alice.events();
+    alice
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    let carol = Some((next.path(), "carol"));
     assert!(
-        seaportd.answers_within(PATIENCE).await,
-        "still serving after SIGHUP"
+        try_query(addr, dir.path(), carol).await.is_err(),
+        "carol's CA is not trusted yet"
+    );
+
+    let stamp = std::fs::metadata(&bundle).unwrap().modified().unwrap();
+    std::fs::write(&bundle, pem(next.path(), "ca.pem")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&bundle)
+        .unwrap()
+        .set_modified(stamp)
+        .unwrap();
+    hangup(seaportd.pid());
+    eventually("carol's CA to be trusted", async || {
+        try_query(addr, dir.path(), carol).await.is_ok()
+    })
+    .await;
+    let log = seaportd.log();
+    assert!(
+        log.iter().any(|l| l.contains("SIGHUP: reloading")),
+        "{log:?}"
+    );
+
+    // Alice's session, on its connection from before, lives on.
+    alice
+        .register("web@1.0.1", RegisterOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(alice.query("web").await.unwrap().len(), 2);
+    let mut blips = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::ZERO, events.next()).await {
+        blips.push(event);
+    }
+    assert!(
+        blips.is_empty(),
+        "no disconnect, no session lost: {blips:?}"
     );
 }
 
@@ -78,8 +167,11 @@ async fn out_of_descriptors_it_backs_off_and_recovers() {
     for _ in 0..300 {
         idle.push(TcpStream::connect(seaportd.0.addr).await.unwrap());
     }
-    // Let it run out, then measure a quiet two seconds.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("it to run out of descriptors", async || {
+        seaportd.logged("accepting connections failed")
+    })
+    .await;
+    // Not a wait for an event: the two seconds over which CPU is measured.
     let before = seaportd.cpu();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = seaportd.cpu() - before;

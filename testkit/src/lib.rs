@@ -1,12 +1,16 @@
 //! The one test kit: starts real seaportd servers on ephemeral ports,
 //! opens real sessions over gRPC, and waits for what a test expects,
 //! for the end-to-end suite, seaportctl's tests and the client's alike;
-//! runs real etcd clusters ([`EtcdCluster`]) for the etcd backend; and
-//! captures the servers' log lines ([`Logs`]).
+//! makes real certificates for mTLS ([`tls`]); reads the admin port
+//! ([`admin`]); runs real etcd clusters ([`EtcdCluster`]) for the etcd
+//! backend; and captures the servers' log lines ([`Logs`]).
 
+pub mod admin;
 pub mod etcd;
 pub mod logs;
 pub mod process;
+pub mod tls;
+
 pub use etcd::EtcdCluster;
 pub use logs::Logs;
 pub use process::Seaportd;
@@ -31,6 +35,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 pub struct TestServer {
     /// The address it serves on.
     pub addr: SocketAddr,
+    /// Its plaintext admin port (health, /metrics), if it has one.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -57,6 +63,18 @@ impl TestServer {
         Self::start_on("127.0.0.1:0".parse().unwrap(), config).await
     }
 
+    /// Starts a server with `config` and an admin port, both on ephemeral
+    /// ports.
+    pub async fn start_with_admin(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Self::serve(listener, Some(admin), config)
+    }
+
     /// Starts a server on `addr` (for restarts on the same address).
     pub async fn start_on(addr: SocketAddr, config: Config) -> Self {
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
@@ -70,6 +88,7 @@ impl TestServer {
         config: Config,
     ) -> Self {
         let addr = listener.local_addr().unwrap();
+        let admin_addr = admin.as_ref().map(|a| a.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
             seaport_server::run_with_admin(listener, admin, config, async {
@@ -80,6 +99,7 @@ impl TestServer {
         });
         TestServer {
             addr,
+            admin: admin_addr,
             stop: Some(stop),
             done,
         }
@@ -110,6 +130,12 @@ impl TestServer {
     /// A raw gRPC client of it.
     pub async fn client(&self) -> RegistryClient<Channel> {
         RegistryClient::new(self.channel().await)
+    }
+
+    /// The value of the unlabelled metric `name` on its admin port.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let admin = self.admin.expect("a server started with an admin port");
+        admin::value(&admin::scrape(admin).await, name, &[])
     }
 
     /// Signals shutdown without waiting for it.
@@ -308,15 +334,26 @@ pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, 
     );
 }
 
-/// Waits for `cond` to hold, polling; for state reached through time
-/// (session expiry), never as a stand-in for an event we can wait on.
+/// Waits for `cond` to hold, polling, for at most [`PATIENCE`]; for state
+/// that no stream of ours announces (session expiry, a process's files,
+/// a server's metrics), never as a stand-in for an event we can wait on.
 pub async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut cond: F) {
+    wait_for(what, async || cond().await.then_some(())).await
+}
+
+/// Polls `found` until it gives a value, for at most [`PATIENCE`], and
+/// returns that value: [`eventually`] for a wait that yields something.
+pub async fn wait_for<T, F: AsyncFnMut() -> Option<T>>(what: &str, mut found: F) -> T {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond().await {
+    loop {
+        if let Some(value) = found().await {
+            return value;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting for {what}"
         );
+        // The poll's interval, not a wait for anything.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -10,7 +10,7 @@ use tonic::Code;
 
 use seaport_testkit::*;
 
-async fn client_for(addresses: &[std::net::SocketAddr]) -> SeaportClient {
+pub(crate) async fn client_for(addresses: &[std::net::SocketAddr]) -> SeaportClient {
     addresses
         .iter()
         .fold(SeaportClient::builder(), |b, a| b.endpoint(a.to_string()))
@@ -22,7 +22,7 @@ async fn client_for(addresses: &[std::net::SocketAddr]) -> SeaportClient {
 }
 
 /// The next item of a stream, within the test's patience.
-async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
+pub(crate) async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
     tokio::time::timeout(PATIENCE, stream.next())
         .await
         .expect("an item in time")
@@ -234,7 +234,10 @@ async fn a_network_cut_shorter_than_the_ttl_loses_nothing_and_frees_nothing() {
         "{seen:?}"
     );
     assert!(
-        !seen.contains(&ClientEvent::SessionLost),
+        !seen.contains(&ClientEvent::SessionLost)
+            && seen.contains(&ClientEvent::Resumed {
+                server: proxy.addr.to_string()
+            }),
         "the session was resumed: {seen:?}"
     );
 
@@ -588,5 +591,89 @@ async fn the_shared_client_scenario() {
         bad.to_string()
             .contains("\"1.2.3.4\" has more than three version parts"),
         "{bad}"
+    );
+}
+
+#[tokio::test]
+async fn update_replaces_merges_and_removes_keys() {
+    let server = TestServer::start().await;
+    let client = client_for(&[server.addr]).await;
+    let meta = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let web = client
+        .register(
+            "web@1.0.0",
+            RegisterOptions::default()
+                .meta("zone", "a")
+                .meta("tier", "1"),
+        )
+        .await
+        .unwrap();
+    let merged = client
+        .update(web.id(), meta(&[("zone", "b"), ("rack", "7")]), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        merged.metadata,
+        meta(&[("rack", "7"), ("tier", "1"), ("zone", "b")])
+            .into_iter()
+            .collect()
+    );
+    let removed = client
+        .merge_metadata(web.id(), meta(&[("new", "x")]), ["tier", "rack"])
+        .await
+        .unwrap();
+    assert_eq!(
+        removed.metadata,
+        meta(&[("new", "x"), ("zone", "b")]).into_iter().collect()
+    );
+    let replaced = client
+        .update(web.id(), meta(&[("only", "this")]), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        replaced.metadata,
+        meta(&[("only", "this")]).into_iter().collect()
+    );
+    assert_eq!(
+        client.query("web").await.unwrap()[0].metadata,
+        replaced.metadata
+    );
+}
+
+/// A watch whose connection is cut resumes from the last revision it saw:
+/// the changes made meanwhile come, with no RESET and no snapshot again.
+#[tokio::test]
+async fn a_cut_watch_resumes_from_its_last_revision() {
+    let server = TestServer::start().await;
+    let proxy = Proxy::start(server.addr).await;
+    let reader = client_for(&[proxy.addr]).await;
+    let writer = client_for(&[server.addr]).await;
+    let first = writer
+        .register("web@1.0.0", RegisterOptions::default())
+        .await
+        .unwrap();
+    let mut watch = reader.watch("web").unwrap();
+    assert_eq!(snapshot(&mut watch).await.len(), 1);
+    proxy.cut();
+    let second = writer
+        .register("web@1.0.1", RegisterOptions::default())
+        .await
+        .unwrap();
+    let first_id = first.id().to_string();
+    first.free().await.unwrap();
+    let e = next(&mut watch).await.unwrap();
+    assert_eq!(
+        (e.kind, e.service.unwrap().id),
+        (EventKind::Registered, second.id().to_string())
+    );
+    let e = next(&mut watch).await.unwrap();
+    assert_eq!(
+        (e.kind, e.service.unwrap().id, e.reason),
+        (EventKind::Freed, first_id, Some(seaport::FreeReason::Owner))
     );
 }

@@ -7,28 +7,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use seaport_client::{ClientEvent, Error, EventKind, RegisterOptions, SeaportClient};
-use tokio_stream::{Stream, StreamExt};
 use tonic::Code;
 
 use seaport_testkit::*;
 
-async fn client_for(addresses: &[std::net::SocketAddr]) -> SeaportClient {
-    addresses
-        .iter()
-        .fold(SeaportClient::builder(), |b, a| b.endpoint(a.to_string()))
-        .ttl(Duration::from_secs(5))
-        .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .connect()
-        .await
-        .expect("connect")
-}
-
-async fn next<S: Stream + Unpin>(stream: &mut S) -> S::Item {
-    tokio::time::timeout(PATIENCE, stream.next())
-        .await
-        .expect("an item in time")
-        .expect("stream open")
-}
+use crate::client::{client_for, next};
 
 #[tokio::test]
 async fn a_drained_instance_is_listed_but_never_chosen() {

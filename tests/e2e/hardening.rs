@@ -108,6 +108,7 @@ async fn lively_sessions(server: &TestServer, count: usize) -> tokio::sync::mpsc
         register(&mut client, &session, "lively@1.0.0").await;
         tokio::spawn(async move {
             for seq in 0.. {
+                // A live client's cadence, not a wait for anything.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 if session.ping(seq).await.is_err() {
                     return;
@@ -167,6 +168,9 @@ async fn a_huge_register_is_refused_at_once_and_sessions_live_on() {
         "{}",
         status.message()
     );
+    // Waits out the sessions' 1s ttl: had the huge requests starved their
+    // pings, they would have expired by now. What must not happen has no
+    // event to wait for.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(freed.try_recv().is_err(), "no healthy session expired");
     assert_eq!(query(&mut server.client().await, "lively").await.len(), 20);
@@ -475,11 +479,47 @@ async fn silent_idle_and_surplus_connections_are_closed() {
     // A connection with a stream open stays past the idle timeout.
     let mut client = server.client().await;
     let mut session = open(&mut client, 5000).await;
+    // Waits out the 600ms idle timeout, and more, to show that nothing
+    // closes this connection: no event to wait for.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     session
         .ping(1)
         .await
         .expect("the heartbeat's connection stays");
+}
+
+/// The types of the HTTP/2 frames in `bytes`, as a server sent them.
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let length =
+            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + length).min(bytes.len())..];
+    }
+    types
+}
+
+/// An idle connection is told to go (HTTP/2 GOAWAY) before it is closed,
+/// so a client that starts a call just then retries it elsewhere rather
+/// than losing it to a reset.
+#[tokio::test]
+async fn an_idle_connection_gets_goaway_before_it_is_closed() {
+    const GOAWAY: u8 = 0x7;
+    let mut config = test_config();
+    config.idle_timeout = Duration::from_millis(300);
+    // How long a client that does not answer the GOAWAY's ping is given.
+    config.handshake_timeout = Duration::from_millis(300);
+    let server = TestServer::start_with(config).await;
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(PREFACE).await.unwrap();
+    let mut sent = Vec::new();
+    tokio::time::timeout(PATIENCE, idle.read_to_end(&mut sent))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    let types = frame_types(&sent);
+    assert!(types.contains(&GOAWAY), "frames {types:?}");
 }
 
 #[tokio::test]

@@ -87,7 +87,7 @@ async fn shutdown_ends_open_watch_and_heartbeat_streams() {
 async fn after_the_drain_new_connections_are_refused_while_calls_finish() {
     let mut config = test_config();
     config.shutdown_grace = Duration::from_secs(5);
-    let mut server = TestServer::start_with(config).await;
+    let mut server = TestServer::start_with_admin(config).await;
     let addr = server.addr;
     let mut client = server.client().await;
     // Waits for a name no one registers: in flight until the grace ends.
@@ -99,9 +99,10 @@ async fn after_the_drain_new_connections_are_refused_while_calls_finish() {
             })
             .await
     });
-    // Loopback delivers it in well under this.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!get.is_finished(), "the Get waits");
+    eventually("the Get to wait at the server", async || {
+        server.metric("seaport_get_waiters").await == Some(1.0)
+    })
+    .await;
     server.begin_shutdown();
     eventually("a new connection to be refused", || async {
         tokio::net::TcpStream::connect(addr).await.is_err()
@@ -113,6 +114,36 @@ async fn after_the_drain_new_connections_are_refused_while_calls_finish() {
     );
     get.abort();
     server.stop().await;
+}
+
+/// When the grace runs out the server is gone: a call still open then is
+/// cut off with it, not left running against a server that has stopped.
+#[tokio::test]
+async fn calls_still_open_when_the_grace_runs_out_are_cut_off() {
+    let mut config = test_config();
+    config.shutdown_grace = Duration::from_millis(500);
+    let server = TestServer::start_with_admin(config).await;
+    let mut client = server.client().await;
+    let get = tokio::spawn(async move {
+        client
+            .get(seaport::pb::GetRequest {
+                pattern: "nosuch".into(),
+                timeout_ms: 60_000,
+                ..Default::default()
+            })
+            .await
+    });
+    eventually("the Get to wait at the server", async || {
+        server.metric("seaport_get_waiters").await == Some(1.0)
+    })
+    .await;
+    server.stop().await;
+    let answer = tokio::time::timeout(PATIENCE, get)
+        .await
+        .expect("the call ends with the server")
+        .unwrap();
+    let status = answer.expect_err("no answer from a stopped server");
+    assert_ne!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
 }
 
 /// The services a reflection client of `$version` lists.
@@ -168,15 +199,7 @@ async fn reflection_v1alpha_lists_them_too() {
 
 /// The status line of an HTTP/1.1 request to `addr`.
 async fn http_status(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(PATIENCE, tcp.read_to_string(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = admin::http(addr, method, path).await;
     answer.lines().next().unwrap_or_default().to_string()
 }
 

@@ -11,4 +11,5 @@ mod query;
 mod register;
 mod semver_table;
 mod sessions;
+mod tls;
 mod watch;

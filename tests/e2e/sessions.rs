@@ -115,6 +115,8 @@ async fn pings_keep_a_short_session_alive() {
     let mut s = open(&mut client, 300).await;
     register(&mut client, &s, "web@1.0.0").await;
     for seq in 0..8 {
+        // Time passing is the point: 800ms of pings, each within the ttl,
+        // outlast a 300ms ttl.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         s.ping(seq).await.unwrap();
     }

@@ -1,17 +1,20 @@
 package seaport_test
 
 import (
-	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
 // proxy forwards connections on 127.0.0.1 to target. cut drops every
-// connection open now and keeps accepting new ones; close stops both.
+// connection open now and keeps accepting new ones; silence stops
+// forwarding bytes, both ways, without closing anything; close stops
+// accepting and drops every connection.
 type proxy struct {
 	addr, target string
 	listener     net.Listener
+	silent       atomic.Bool
 
 	mu       sync.Mutex
 	open     []net.Conn
@@ -44,16 +47,32 @@ func (p *proxy) serve() {
 		p.open = append(p.open, down, up)
 		p.accepted++
 		p.mu.Unlock()
-		go pump(down, up)
-		go pump(up, down)
+		go p.pump(down, up)
+		go p.pump(up, down)
 	}
 }
 
-func pump(dst, src net.Conn) {
-	_, _ = io.Copy(dst, src)
+// pump copies src to dst, dropping what it reads while the proxy is silent.
+func (p *proxy) pump(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.silent.Load() {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	dst.Close()
 	src.Close()
 }
+
+// silence stops forwarding, on the connections open now and on new ones,
+// as a path that goes dead without a reset does.
+func (p *proxy) silence() { p.silent.Store(true) }
 
 // connections is how many connections the proxy has accepted.
 func (p *proxy) connections() int {

@@ -35,6 +35,7 @@ type server struct {
 	addr    string
 	flags   []string
 	cmd     *exec.Cmd
+	exited  chan struct{} // closed when cmd has exited
 	logFile *os.File
 }
 
@@ -55,7 +56,9 @@ func startServer(t *testing.T, flags ...string) *server {
 	s := &server{t: t, addr: "127.0.0.1:" + strconv.Itoa(freePort(t)), flags: flags, logFile: logFile}
 	s.start()
 	t.Cleanup(func() {
-		if s.cmd.ProcessState == nil {
+		select {
+		case <-s.exited:
+		default:
 			s.stop()
 		}
 		if t.Failed() {
@@ -74,6 +77,11 @@ func (s *server) start() {
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
+	s.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, exited chan struct{}) {
+		_ = cmd.Wait()
+		close(exited)
+	}(s.cmd, s.exited)
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if c, err := net.Dial("tcp", s.addr); err == nil {
 			c.Close()
@@ -84,8 +92,13 @@ func (s *server) start() {
 }
 
 func (s *server) stop() {
+	s.terminate()
+	<-s.exited
+}
+
+// terminate asks seaportd to stop (SIGTERM), as Kubernetes does.
+func (s *server) terminate() {
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	_ = s.cmd.Wait()
 }
 
 // log is everything seaportd has logged so far.
@@ -116,6 +129,37 @@ func dial(t *testing.T, addr string, opts ...seaport.Option) *seaport.Client {
 	}
 	t.Cleanup(c.Close)
 	return c
+}
+
+// dialAll dials the addresses in order, as one client.
+func dialAll(t *testing.T, addrs []string, opts ...seaport.Option) *seaport.Client {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := seaport.Dial(ctx, addrs, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// await reads events until one of kind comes, and fails the test if none
+// does within 10s.
+func await(t *testing.T, events <-chan seaport.ClientEvent, kind seaport.ClientEventKind) seaport.ClientEvent {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	var seen []string
+	for {
+		select {
+		case e := <-events:
+			if e.Kind == kind {
+				return e
+			}
+			seen = append(seen, e.Kind.String())
+		case <-timeout:
+			t.Fatalf("no %s event within 10s (saw %v)", kind, seen)
+		}
+	}
 }
 
 func ctx(t *testing.T) context.Context {
@@ -218,12 +262,21 @@ func TestGetStartedBeforeTheRegistration(t *testing.T) {
 
 func TestRestartBringsTheRegistrationBack(t *testing.T) {
 	s := startServer(t)
-	c := dial(t, s.addr, seaport.WithTTL(5*time.Second))
+	events := make(chan seaport.ClientEvent, 256)
+	c := dial(t, s.addr, seaport.WithTTL(5*time.Second), seaport.WithEvents(events))
 	reg, err := c.Register(ctx(t), "web@1.2.3")
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Told the server is stopping, a client with one address lets its stream go, and seaportd exits.
+	stopping := time.Now()
 	s.stop()
+	if took := time.Since(stopping); took > 5*time.Second {
+		t.Fatalf("seaportd took %v to stop, waiting for the client's session stream", took)
+	}
+	if e := await(t, events, seaport.Disconnected); !strings.Contains(e.Err.Error(), "stopping") {
+		t.Fatalf("want Disconnected, the server stopping, got %+v", e)
+	}
 	s.start()
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		back, err := c.Query(ctx(t), "web")

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
-use super::status::{invalid, reject};
+use super::status::{Caller, invalid, reject};
 use crate::pb::{self, heartbeat_request::Kind as In, heartbeat_response::Kind as Out};
 use crate::registry::{Actor, Eviction, Registry, RegistryError, SessionInfo};
 
@@ -50,12 +50,16 @@ pub(crate) async fn start(
     actor: Actor,
     mut inbound: Streaming<pb::HeartbeatRequest>,
 ) -> Result<HeartbeatStream, Status> {
+    let caller = Caller {
+        peer,
+        identity: &actor.identity,
+    };
     let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, inbound.message())
         .await
         .map_err(|_| {
             invalid(
                 RPC,
-                peer,
+                caller,
                 "no open or resume message within 10s of starting the stream",
             )
         })??;
@@ -65,7 +69,7 @@ pub(crate) async fn start(
             let info = registry
                 .open_session(ttl, observed_host(peer), actor.identity.clone())
                 .await
-                .map_err(|e| reject(RPC, peer, e))?;
+                .map_err(|e| reject(RPC, caller, e))?;
             tracing::info!(session = info.label, client = %seaport::quote(&open.client_name),
                 host = %info.observed_host, identity = %actor.identity,
                 ttl_ms = info.ttl.as_millis() as u64, "session opened");
@@ -74,14 +78,14 @@ pub(crate) async fn start(
         Some(In::Resume(resume)) => {
             let info = registry
                 .resume_session(&resume.session_id, &actor)
-                .map_err(|e| reject(RPC, peer, e))?;
+                .map_err(|e| reject(RPC, caller, e))?;
             tracing::info!(session = info.label, identity = %actor.identity, "session resumed");
             info
         }
         _ => {
             return Err(invalid(
                 RPC,
-                peer,
+                caller,
                 "the first message must be `open` or `resume`",
             ));
         }
@@ -99,6 +103,7 @@ pub(crate) async fn start(
         id: info.id,
         label: info.label,
         peer,
+        identity: actor.identity.clone(),
         queued,
         inbound,
         closing: None,
@@ -117,6 +122,8 @@ pub(crate) struct HeartbeatStream {
     /// The session's name in logs.
     label: u64,
     peer: Option<SocketAddr>,
+    /// The certificate identity of its holder, for refusals' log lines.
+    identity: String,
     /// Answers due before the next client message is read: `opened`, and
     /// the admins' frees a ping handed over after its pong.
     queued: VecDeque<Result<pb::HeartbeatResponse, Status>>,
@@ -131,17 +138,24 @@ pub(crate) struct HeartbeatStream {
 type Closing = Pin<Box<dyn Future<Output = Result<usize, RegistryError>> + Send>>;
 
 impl HeartbeatStream {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            peer: self.peer,
+            identity: &self.identity,
+        }
+    }
+
     /// The answer to one client message; `None` for a close, answered by
     /// [`HeartbeatStream::closed`] once it is done.
     fn answer(&mut self, kind: Option<In>) -> Option<Result<pb::HeartbeatResponse, Status>> {
-        let (id, peer) = (&self.id, self.peer);
+        let (id, caller) = (&self.id, self.caller());
         Some(match kind {
             Some(In::Ping(ping)) => match self.registry.ping(id) {
                 Ok(evicted) => {
                     self.queued.extend(evicted.into_iter().map(evicted_reply));
                     reply(Out::Pong(pb::Pong { seq: ping.seq }))
                 }
-                Err(e) => Err(reject(RPC, peer, e)),
+                Err(e) => Err(reject(RPC, caller, e)),
             },
             Some(In::Close(_)) => {
                 let (registry, id) = (self.registry.clone(), id.clone());
@@ -150,12 +164,12 @@ impl HeartbeatStream {
             }
             Some(In::Open(_) | In::Resume(_)) => Err(invalid(
                 RPC,
-                peer,
+                caller,
                 "this stream already holds a session; send `ping` or `close`",
             )),
             None => Err(invalid(
                 RPC,
-                peer,
+                caller,
                 "empty heartbeat message; send `ping` or `close`",
             )),
         })
@@ -168,12 +182,13 @@ impl HeartbeatStream {
     ) -> Result<pb::HeartbeatResponse, Status> {
         match result {
             Ok(freed) => {
-                tracing::info!(session = self.label, freed, "session closed");
+                let peer = self.peer.map(|p| p.to_string()).unwrap_or_default();
+                tracing::info!(session = self.label, %peer, identity = %self.identity, freed, "session closed");
                 reply(Out::Closed(pb::SessionClosed {
                     freed: freed as u32,
                 }))
             }
-            Err(e) => Err(reject(RPC, self.peer, e)),
+            Err(e) => Err(reject(RPC, self.caller(), e)),
         }
     }
 }

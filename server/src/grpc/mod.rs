@@ -24,7 +24,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 use crate::auth::Auth;
 use crate::metrics::{Method, Metrics};
 use crate::registry::{Registry, RegistryError};
-pub(crate) use status::reject;
+pub(crate) use status::{Caller, reject};
 
 pub use crate::pb::registry_server::RegistryServer;
 
@@ -33,7 +33,7 @@ pub use crate::pb::registry_server::RegistryServer;
 const GET_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
 /// The `seaport.v1.Registry` service.
-pub struct RegistryService {
+pub struct RegistryRpcs {
     registry: Registry,
     auth: Arc<Auth>,
     /// Watch streams open now, and how many may be.
@@ -57,7 +57,7 @@ pub struct Stop {
     pub sessions: Arc<watch::Sender<usize>>,
 }
 
-impl RegistryService {
+impl RegistryRpcs {
     /// The service over a registry, checking callers with `auth`, with at
     /// most `max_watchers` Watch streams at once; `stop` moves sessions
     /// away and ends streams; every RPC is counted in `metrics`, and the
@@ -69,7 +69,7 @@ impl RegistryService {
         stop: Stop,
         metrics: Arc<Metrics>,
     ) -> Self {
-        RegistryService {
+        RegistryRpcs {
             registry,
             auth,
             watchers,
@@ -207,7 +207,7 @@ fn get_deadline<T>(request: &Request<T>, timeout_ms: u64) -> Option<Duration> {
     }
 }
 
-impl RegistryService {
+impl RegistryRpcs {
     /// Counts an RPC's answer.
     fn observe<T>(&self, method: Method, started: Instant, answer: &Result<T, Status>) {
         let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
@@ -220,11 +220,15 @@ impl RegistryService {
     ) -> Result<Response<Stopping<pb::HeartbeatResponse>>, Status> {
         let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Heartbeat", true)?;
+        let caller = Caller {
+            peer,
+            identity: &actor.identity,
+        };
         if *self.stop.leaving.borrow() {
             let leaving = "this server is stopping: open or resume the session on another server";
             return Err(reject(
                 "Heartbeat",
-                peer,
+                caller,
                 RegistryError::Unavailable(leaving.into()),
             ));
         }
@@ -240,12 +244,16 @@ impl RegistryService {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Register", true)?;
+        let caller = Caller {
+            peer,
+            identity: &actor.identity,
+        };
         let r = request.into_inner();
         let service = self
             .registry
             .register(convert::new_service(r), &actor)
             .await
-            .map_err(|e| reject("Register", peer, e))?;
+            .map_err(|e| reject("Register", caller, e))?;
         Ok(Response::new(pb::RegisterResponse {
             service: convert::service(service),
         }))
@@ -257,12 +265,16 @@ impl RegistryService {
     ) -> Result<Response<pb::UpdateResponse>, Status> {
         let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Update", true)?;
+        let caller = Caller {
+            peer,
+            identity: &actor.identity,
+        };
         let (session_id, id, change) = convert::metadata_change(request.into_inner());
         let service = self
             .registry
             .update(&session_id, &id, change, &actor)
             .await
-            .map_err(|e| reject("Update", peer, e))?;
+            .map_err(|e| reject("Update", caller, e))?;
         Ok(Response::new(pb::UpdateResponse {
             service: convert::service(service),
         }))
@@ -274,12 +286,16 @@ impl RegistryService {
     ) -> Result<Response<pb::FreeResponse>, Status> {
         let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Free", true)?;
+        let caller = Caller {
+            peer,
+            identity: &actor.identity,
+        };
         let r = request.into_inner();
         let service = self
             .registry
             .free(&r.session_id, &r.id, &actor)
             .await
-            .map_err(|e| reject("Free", peer, e))?;
+            .map_err(|e| reject("Free", caller, e))?;
         Ok(Response::new(pb::FreeResponse {
             service: convert::service(service),
         }))
@@ -291,12 +307,16 @@ impl RegistryService {
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let peer = request.remote_addr();
         let actor = self.auth.caller(&request, "Drain", true)?;
+        let caller = Caller {
+            peer,
+            identity: &actor.identity,
+        };
         let r = request.into_inner();
         let service = self
             .registry
             .drain(&r.session_id, &r.id, &actor)
             .await
-            .map_err(|e| reject("Drain", peer, e))?;
+            .map_err(|e| reject("Drain", caller, e))?;
         Ok(Response::new(pb::DrainResponse {
             service: convert::service(service),
         }))
@@ -307,12 +327,16 @@ impl RegistryService {
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
         let peer = request.remote_addr();
-        self.auth.caller(&request, "Query", false)?;
+        let actor = self.auth.caller(&request, "Query", false)?;
+        let caller = Caller {
+            peer,
+            identity: &actor.identity,
+        };
         let r = request.into_inner();
         let selector = self
             .registry
             .selector(&r.pattern, &r.namespace, r.metadata)
-            .map_err(|e| reject("Query", peer, e))?;
+            .map_err(|e| reject("Query", caller, e))?;
         let (found, revision) = self.registry.query(&selector);
         Ok(Response::new(pb::QueryResponse {
             services: convert::services(found),
@@ -325,19 +349,23 @@ impl RegistryService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let peer = request.remote_addr();
-        self.auth.caller(&request, "Get", false)?;
+        let actor = self.auth.caller(&request, "Get", false)?;
+        let caller = Caller {
+            peer,
+            identity: &actor.identity,
+        };
         let deadline = get_deadline(&request, request.get_ref().timeout_ms);
         let r = request.into_inner();
         let selector = self
             .registry
             .selector(&r.pattern, &r.namespace, r.metadata)
-            .map_err(|e| reject("Get", peer, e))?;
+            .map_err(|e| reject("Get", caller, e))?;
         let wait = self.registry.get(&selector);
         let (found, revision) = match deadline {
             Some(d) => tokio::time::timeout(d, wait).await.map_err(|_| {
                 reject(
                     "Get",
-                    peer,
+                    caller,
                     RegistryError::NothingMatched {
                         pattern: r.pattern.clone(),
                         waited_ms: d.as_millis(),
@@ -357,17 +385,21 @@ impl RegistryService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Stopping<pb::WatchEvent>>, Status> {
         let peer = request.remote_addr();
-        self.auth.caller(&request, "Watch", false)?;
+        let actor = self.auth.caller(&request, "Watch", false)?;
+        let caller = Caller {
+            peer,
+            identity: &actor.identity,
+        };
         let r = request.into_inner();
         let selector = self
             .registry
             .selector(&r.pattern, &r.namespace, r.metadata)
-            .map_err(|e| reject("Watch", peer, e))?;
+            .map_err(|e| reject("Watch", caller, e))?;
         if self.watchers.fetch_add(1, Ordering::Relaxed) >= self.max_watchers {
             self.watchers.fetch_sub(1, Ordering::Relaxed);
             return Err(reject(
                 "Watch",
-                peer,
+                caller,
                 RegistryError::TooManyWatchers(self.max_watchers),
             ));
         }
@@ -385,7 +417,7 @@ impl RegistryService {
 
 /// Each RPC, counted with the code it answers and the time it took.
 #[tonic::async_trait]
-impl RegistryApi for RegistryService {
+impl RegistryApi for RegistryRpcs {
     type HeartbeatStream = Stopping<pb::HeartbeatResponse>;
     type WatchStream = Stopping<pb::WatchEvent>;
 

@@ -30,22 +30,27 @@ fn code(e: &RegistryError) -> Code {
     }
 }
 
+/// Who a request came from, as its refusal's log line names them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Caller<'a> {
+    /// The peer's address, when the transport knows it.
+    pub(crate) peer: Option<SocketAddr>,
+    /// The client certificate's identity; empty without one.
+    pub(crate) identity: &'a str,
+}
+
 /// Turns a registry error into a status, and logs it (see [`log_refusal`]).
-pub(crate) fn reject(rpc: &'static str, peer: Option<SocketAddr>, e: RegistryError) -> Status {
+pub(crate) fn reject(rpc: &'static str, caller: Caller<'_>, e: RegistryError) -> Status {
     let code = code(&e);
     let message = e.to_string();
-    log_refusal(rpc, peer, code, &message);
+    log_refusal(rpc, caller, code, &message);
     Status::new(code, message)
 }
 
 /// A malformed request that never reached the core.
-pub(crate) fn invalid(
-    rpc: &'static str,
-    peer: Option<SocketAddr>,
-    message: impl Into<String>,
-) -> Status {
+pub(crate) fn invalid(rpc: &'static str, caller: Caller<'_>, message: impl Into<String>) -> Status {
     let message = message.into();
-    log_refusal(rpc, peer, Code::InvalidArgument, &message);
+    log_refusal(rpc, caller, Code::InvalidArgument, &message);
     Status::invalid_argument(message)
 }
 
@@ -97,16 +102,19 @@ impl Windows {
 /// Logs one line per refused request, with the peer, at most
 /// [`LINES_PER_WINDOW`] per peer per [`WINDOW`], then one line saying the
 /// rest are not logged. Messages quote client input in short already.
-pub(crate) fn log_refusal(rpc: &'static str, peer: Option<SocketAddr>, code: Code, message: &str) {
+pub(crate) fn log_refusal(rpc: &'static str, caller: Caller<'_>, code: Code, message: &str) {
     static WINDOWS: OnceLock<Mutex<Windows>> = OnceLock::new();
     let verdict = WINDOWS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .count(peer.map(|p| p.ip()), Instant::now());
-    let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        .count(caller.peer.map(|p| p.ip()), Instant::now());
+    let peer = caller
+        .peer
+        .map_or_else(|| "unknown".to_string(), |p| p.to_string());
+    let identity = seaport::quote(caller.identity);
     match verdict {
-        Verdict::Log => tracing::info!(rpc, ?code, %peer, "rejected: {message}"),
+        Verdict::Log => tracing::info!(rpc, ?code, %peer, %identity, "rejected: {message}"),
         Verdict::Quiet => {
             tracing::info!(%peer, "more requests from this peer were rejected; not logging them for up to {WINDOW:?}")
         }
