@@ -2,6 +2,7 @@
 
 mod certs;
 mod output;
+mod proxy;
 mod supervise;
 
 use std::path::PathBuf;
@@ -147,6 +148,9 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Forward TCP connections or HTTP requests to the current instances of roles.
+    #[command(subcommand)]
+    Proxy(proxy::Proxy),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -374,6 +378,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             remove,
         } => update(&cli, id, meta, *merge, remove).await,
         Command::Show => show(&cli).await,
+        Command::Proxy(proxy) => proxy::run(&cli, proxy).await,
     }
 }
 

@@ -81,6 +81,11 @@ impl Catalog {
         self.len() == 0
     }
 
+    /// The service with this id, if it matches (draining or not).
+    pub fn service(&self, id: &str) -> Option<Service> {
+        self.read().services.get(id).cloned()
+    }
+
     /// The next service, round robin. The picks never choose a draining
     /// service: its instance is stopping.
     pub fn pick(&self) -> Option<Service> {
@@ -89,26 +94,61 @@ impl Catalog {
 
     /// A service chosen at random.
     pub fn pick_random(&self) -> Option<Service> {
-        let view = self.read();
-        let candidates: Vec<&Service> = view.services.values().filter(|s| !s.draining).collect();
-        (!candidates.is_empty()).then(|| candidates[fastrand::usize(..candidates.len())].clone())
+        self.pick_random_excluding(&[])
     }
 
     /// The next service round robin, skipping the ids in `exclude` (the
     /// instances that just failed), for failover.
     pub fn pick_excluding(&self, exclude: &[&str]) -> Option<Service> {
         let view = self.read();
-        let candidates: Vec<&Service> = view
-            .services
-            .values()
-            .filter(|s| !s.draining && !exclude.contains(&s.id.as_str()))
+        let candidates = candidates(&view, exclude);
+        self.round_robin(&candidates)
+    }
+
+    /// A service chosen at random, skipping the ids in `exclude`.
+    pub fn pick_random_excluding(&self, exclude: &[&str]) -> Option<Service> {
+        let view = self.read();
+        let candidates = candidates(&view, exclude);
+        (!candidates.is_empty()).then(|| candidates[fastrand::usize(..candidates.len())].clone())
+    }
+
+    /// A service whose `load` (open connections, say) is the least,
+    /// skipping the ids in `exclude`; ties go round robin, so equal loads
+    /// still spread.
+    pub fn pick_least(
+        &self,
+        exclude: &[&str],
+        load: impl Fn(&Service) -> usize,
+    ) -> Option<Service> {
+        let view = self.read();
+        let candidates = candidates(&view, exclude);
+        let loads: Vec<usize> = candidates.iter().map(|s| load(s)).collect();
+        let least = loads.iter().copied().min()?;
+        let tied: Vec<&Service> = candidates
+            .iter()
+            .zip(&loads)
+            .filter(|(_, l)| **l == least)
+            .map(|(s, _)| *s)
             .collect();
+        self.round_robin(&tied)
+    }
+
+    fn round_robin(&self, candidates: &[&Service]) -> Option<Service> {
         if candidates.is_empty() {
             return None;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
         Some(candidates[i].clone())
     }
+}
+
+/// The services a pick may choose: every one neither draining nor in
+/// `exclude`.
+fn candidates<'a>(view: &'a View, exclude: &[&str]) -> Vec<&'a Service> {
+    view.services
+        .values()
+        .filter(|s| !s.draining && !exclude.contains(&s.id.as_str()))
+        .collect()
 }
 
 fn apply(

@@ -396,6 +396,27 @@ async fn the_catalog_answers_locally_and_balances() {
         assert_ne!(catalog.pick_excluding(&[&failed]).unwrap().id, failed);
     }
     assert!(catalog.pick_random().is_some());
+    for _ in 0..6 {
+        assert_ne!(
+            catalog.pick_random_excluding(&[&failed]).unwrap().id,
+            failed
+        );
+    }
+    assert_eq!(catalog.service(&failed).unwrap().id, failed);
+    assert!(catalog.service("no-such-id").is_none());
+    // The least loaded wins; equal loads go round robin.
+    let busy = ids[1].id().to_string();
+    let load = |s: &seaport_client::Service| usize::from(s.id == busy);
+    let least: std::collections::HashSet<_> = (0..4)
+        .map(|_| catalog.pick_least(&[], load).unwrap().id)
+        .collect();
+    assert_eq!(least.len(), 2, "the two idle instances share the load");
+    assert!(!least.contains(&busy), "the busy instance is not chosen");
+    assert!(
+        catalog
+            .pick_least(&[&failed, ids[2].id()], load)
+            .is_some_and(|s| s.id == busy)
+    );
 
     let updated = ids[1].id().to_string();
     client
