@@ -183,7 +183,7 @@ impl HeartbeatStream {
         match result {
             Ok(freed) => {
                 let peer = self.peer.map(|p| p.to_string()).unwrap_or_default();
-                tracing::info!(session = self.label, %peer, identity = %self.identity, freed, "session closed");
+                tracing::info!(session = self.label, freed, %peer, identity = %self.identity, "session closed");
                 reply(Out::Closed(pb::SessionClosed {
                     freed: freed as u32,
                 }))
