@@ -524,3 +524,48 @@ async fn metrics_time_etcd_requests_and_count_keep_alive_failures() {
     )
     .await;
 }
+
+/// In a cluster, the console's server page lists the other seaportd that
+/// share its etcd, as their own registrations announce them.
+#[tokio::test]
+async fn the_console_lists_the_other_servers_of_the_cluster() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let etcd = EtcdCluster::start(1).await;
+    let other = server(&etcd).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let console = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let console_addr = console.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(seaport_server::run_with_console(
+        listener,
+        None,
+        Some(console),
+        on(&etcd),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // Until the server has loaded the registry, the console answers 503,
+    // as a page would retry.
+    let want = format!("\"address\":\"{}\"", other.addr);
+    eventually("the console to list the other server", async || {
+        let mut page = tokio::net::TcpStream::connect(console_addr).await.unwrap();
+        page.write_all(b"GET /api/events HTTP/1.1\r\nhost: seaport\r\n\r\n")
+            .await
+            .unwrap();
+        let mut read = String::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        let found = tokio::time::timeout(Duration::from_secs(1), async {
+            while !read.contains(&want) {
+                match page.read(&mut buf).await {
+                    Ok(n) if n > 0 => read.push_str(&String::from_utf8_lossy(&buf[..n])),
+                    _ => return false,
+                }
+            }
+            true
+        })
+        .await;
+        found == Ok(true)
+    })
+    .await;
+}
