@@ -99,7 +99,12 @@ impl Registry {
             Some(store) => {
                 self.open_through(store.as_ref(), record.clone()).await?;
                 let lease = self.lease_of(&record.id)?;
-                tokio::spawn(keep_server_alive(self.clone(), store.clone(), lease));
+                tokio::spawn(keep_server_alive(
+                    self.clone(),
+                    store.clone(),
+                    record.id.clone(),
+                    lease,
+                ));
             }
         }
         self.register_in(
@@ -208,14 +213,19 @@ impl Registry {
 /// `seaport@` registration goes this long after.
 const SERVER_TTL: Duration = Duration::from_secs(10);
 
-/// Keeps the server's own lease alive while the registry lives.
-async fn keep_server_alive(registry: Registry, store: Arc<dyn Store>, lease: i64) {
+/// Keeps the server's own lease alive while the registry lives and the
+/// session `id` is open: a lease that lapsed (etcd out of reach for longer
+/// than its ttl) is not kept, and the server registers itself anew.
+async fn keep_server_alive(registry: Registry, store: Arc<dyn Store>, id: String, lease: i64) {
     let weak = Arc::downgrade(&registry.shared);
     drop(registry);
     let mut tick = tokio::time::interval(SERVER_TTL / 4);
     loop {
         tick.tick().await;
-        if weak.strong_count() == 0 {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        if (Registry { shared }).lease_of(&id).is_err() {
             return;
         }
         store.keep_alive(lease);

@@ -109,17 +109,22 @@ pub async fn run_with_console(
     let store_metrics = Arc::new(metrics::StoreMetrics::new());
     let (registry, _reaper) = open_store(&config, &store_metrics).await?;
     registry.set_policy(policy);
-    if registry.is_synced() {
-        register_self(&registry, &config, local).await?;
+    let registered = if registry.is_synced() {
+        Some(register_self(&registry, &config, local).await?)
     } else {
         // Through a store, once the index is loaded; until then the server
         // answers NOT_SERVING.
-        tokio::spawn(register_self_when_synced(
-            registry.clone(),
-            config.clone(),
-            local,
-        ));
-    }
+        None
+    };
+    // Ends with this function: a stopped server must not register itself
+    // again, nor keep its registry alive.
+    let mut own_tasks = tokio::task::JoinSet::new();
+    own_tasks.spawn(stay_registered(
+        registry.clone(),
+        config.clone(),
+        local,
+        registered,
+    ));
 
     let health = tonic_health::server::HealthReporter::new();
     let (serving_tx, serving_rx) = tokio::sync::watch::channel(true);
@@ -363,15 +368,24 @@ async fn report_health(
     }
 }
 
-/// Registers the server once its index is loaded from the store, trying
-/// again while the store refuses.
-async fn register_self_when_synced(
+/// Keeps this server registered as `seaport@<version>`: once the index is
+/// loaded (`registered` is the registration made already, if any), and
+/// again whenever its registration goes: its lease lapsed while etcd was
+/// out of reach, or an admin freed it.
+async fn stay_registered(
     registry: Registry,
     config: Config,
     local: std::net::SocketAddr,
+    mut registered: Option<String>,
 ) {
     let mut health = registry.health();
     loop {
+        if let Some(id) = registered.take() {
+            if !until_gone(&registry, &id).await {
+                return;
+            }
+            tracing::warn!("this server's own registration went; registering it again");
+        }
         if health
             .wait_for(|h| *h == registry::StoreHealth::Synced)
             .await
@@ -380,7 +394,7 @@ async fn register_self_when_synced(
             return;
         }
         match register_self(&registry, &config, local).await {
-            Ok(()) => return,
+            Ok(id) => registered = Some(id),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register this server yet; retrying");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -389,15 +403,40 @@ async fn register_self_when_synced(
     }
 }
 
+/// Completes when registration `id` is no longer in the index (true), or
+/// the registry's feed ends (false).
+async fn until_gone(registry: &Registry, id: &str) -> bool {
+    use tokio_stream::StreamExt;
+    let Ok(selector) = registry.selector("seaport", "", std::iter::empty()) else {
+        return false;
+    };
+    let mut watch = registry.watch(selector, 0);
+    while let Some(event) = watch.next().await {
+        let gone = match event.kind {
+            seaport::EventKind::Freed => event.service.is_some_and(|s| s.id == id),
+            // A fresh snapshot follows a reset: see whether it is in it.
+            seaport::EventKind::Synced => registry
+                .selector("seaport", "", std::iter::empty())
+                .map(|s| !registry.query(&s).0.iter().any(|s| s.id == id))
+                .unwrap_or(false),
+            _ => false,
+        };
+        if gone {
+            return true;
+        }
+    }
+    false
+}
+
 /// Registers the server as `seaport@<version>` so clients can discover
 /// registry servers, as the original seaport does.
 async fn register_self(
     registry: &Registry,
     config: &Config,
     local: std::net::SocketAddr,
-) -> Result<(), ServerError> {
+) -> Result<String, ServerError> {
     let host = advertised_host(config, local);
-    registry
+    let service = registry
         .register_server(NewService {
             role: format!("seaport@{}", env!("CARGO_PKG_VERSION")),
             host,
@@ -406,7 +445,7 @@ async fn register_self(
             ..Default::default()
         })
         .await?;
-    Ok(())
+    Ok(service.id.clone())
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use seaport_server::Config;
 use seaport_server::config::{EtcdConfig, StoreConfig};
 use seaport_testkit::admin::{scrape, value};
 use seaport_testkit::{
-    EtcdCluster, PATIENCE, Seaportd, TestServer, assert_status, eventually, open, query, register,
-    test_config,
+    EtcdCluster, PATIENCE, Proxy, Seaportd, TestServer, assert_status, eventually, open, query,
+    register, test_config,
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -566,6 +566,48 @@ async fn the_console_lists_the_other_servers_of_the_cluster() {
         })
         .await;
         found == Ok(true)
+    })
+    .await;
+}
+
+/// A seaportd cut off from etcd for longer than its own lease loses its
+/// `seaport@` registration, as every server sees; once it reaches etcd
+/// again it registers itself anew.
+#[tokio::test]
+async fn a_server_whose_own_lease_lapsed_registers_itself_again() {
+    let etcd = EtcdCluster::start(1).await;
+    let member: std::net::SocketAddr = etcd.endpoints()[0]
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let path = Proxy::start(member).await;
+    let mut cut_off = on(&etcd);
+    if let StoreConfig::Etcd(etcd) = &mut cut_off.store {
+        etcd.endpoints = vec![format!("http://{}", path.addr)];
+    }
+    let a = TestServer::start_with(cut_off).await;
+    let b = server(&etcd).await;
+    let mut from_b = b.client().await;
+    let a_listed =
+        |services: Vec<pb::Service>| services.iter().any(|s| s.port == u32::from(a.addr.port()));
+    eventually("b to list a", async || {
+        a_listed(query(&mut from_b, "seaport").await)
+    })
+    .await;
+
+    path.silence();
+    // Its lease is 10 s: etcd expires it while a cannot keep it.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while a_listed(query(&mut from_b, "seaport").await) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a's registration to lapse while it cannot reach etcd");
+
+    path.heal();
+    eventually("a to register itself again", async || {
+        a_listed(query(&mut from_b, "seaport").await)
     })
     .await;
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use seaport::pb::{self, registry_client::RegistryClient};
 use seaport_client::{RegisterOptions, SeaportClient};
-use seaport_testkit::tls::{TempDir, identity_pem, init_certs, pem, try_query};
+use seaport_testkit::tls::{TempDir, identity_pem, init_certs, pem, tls_client, try_query};
 use seaport_testkit::{PATIENCE, Seaportd, eventually};
 use tokio::net::TcpStream;
 use tokio_stream::StreamExt;
@@ -216,4 +216,46 @@ async fn logs_are_json_lines_when_asked_and_plain_text_in_a_pipe() {
     let lines = text.0.log();
     assert!(lines.iter().any(|l| l.contains("seaportd serving")));
     assert!(lines.iter().all(|l| !l.contains('\x1b')), "{lines:?}");
+}
+
+/// A refused request's log line names the caller's certificate identity as
+/// well as its address. (A real process: refusals are logged at a bounded
+/// rate per address, which other tests in one test binary would share.)
+#[tokio::test]
+async fn a_refusal_is_logged_with_the_callers_identity() {
+    let dir = TempDir::new("refusal-identity");
+    init_certs(dir.path(), &["bob"]);
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    let args = [
+        "--tls-cert".to_string(),
+        path(dir.path().join("server.pem")),
+        "--tls-key".into(),
+        path(dir.path().join("server-key.pem")),
+        "--client-ca".into(),
+        path(dir.path().join("ca.pem")),
+    ];
+    let seaportd = Process(Seaportd::start(env!("CARGO_BIN_EXE_seaportd"), "", &args).await);
+    let mut bob = tls_client(seaportd.0.addr, dir.path(), Some((dir.path(), "bob")))
+        .await
+        .unwrap();
+    let refused = bob
+        .free(pb::FreeRequest {
+            session_id: "no-such-session".into(),
+            id: "web-1".into(),
+        })
+        .await;
+    assert!(refused.is_err());
+    eventually("the refusal's log line", async || {
+        seaportd.0.log().iter().any(|l| {
+            l.contains("rejected:")
+                && l.contains("rpc=\"Free\"")
+                && l.contains("identity=\"bob\"")
+                && l.contains("peer=127.0.0.1:")
+        })
+    })
+    .await;
+    assert!(
+        !seaportd.logged("no-such-session"),
+        "a session handle is never logged"
+    );
 }

@@ -411,6 +411,14 @@ impl Proxy {
         self.silent
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// Ends a silence: the silenced connections are dropped, and new ones
+    /// forward again.
+    pub fn heal(&self) {
+        self.cut();
+        self.silent
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Copies `from` to `to` until either ends, dropping what it reads once

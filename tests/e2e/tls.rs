@@ -148,7 +148,6 @@ async fn a_certificate_from_another_ca_or_expired_fails_the_handshake() {
 
 #[tokio::test]
 async fn the_policy_decides_who_registers_what_and_who_frees_anything() {
-    let logs = Logs::capture();
     let dir = TempDir::new("policy");
     init_certs(dir.path(), &["alice", "bob", "ops"]);
     let mut config = tls_config(dir.path());
@@ -185,19 +184,6 @@ async fn the_policy_decides_who_registers_what_and_who_frees_anything() {
     let meta = |v: &str| [("zone".to_string(), v.to_string())].into();
     let update_by_bob = bob.update(web.id(), meta("x"), true).await.unwrap_err();
     assert_eq!(update_by_bob.code(), Some(Code::PermissionDenied));
-    // Each refusal's log line names who asked, as well as from where.
-    let refused = logs
-        .text()
-        .lines()
-        .filter(|l| l.contains("rejected:") && l.contains("rpc=\"Free\""))
-        .map(str::to_string)
-        .collect::<Vec<_>>();
-    assert!(
-        refused.len() == 1
-            && refused[0].contains("identity=\"bob\"")
-            && refused[0].contains("peer=127.0.0.1:"),
-        "{refused:?}"
-    );
 
     // The owning identity may update it from another session.
     let alice_elsewhere = client(server.addr, dir.path(), "alice").await;
