@@ -64,8 +64,7 @@ fn starts(path: &Path) -> Vec<Vec<String>> {
 #[tokio::test]
 async fn register_runs_the_command_on_its_port_restarts_it_and_frees_on_sigterm() {
     let server = TestServer::start().await;
-    let dir = std::env::temp_dir().join(format!("seaportctl-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("restarts");
     let log = dir.join("starts");
     let _ = std::fs::remove_file(&log);
     let script = format!("echo \"$$ $PORT $1\" >> {}; exec sleep 60", log.display());
@@ -386,17 +385,14 @@ async fn free_update_and_drain_of_another_processs_registration_are_refused_and_
 #[tokio::test]
 async fn a_stop_reaches_everything_the_command_started() {
     let server = TestServer::start().await;
-    let dir = std::env::temp_dir().join(format!("seaportctl-group-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let pidfile = dir.join("server.pid");
-    let script = format!("sleep 600 & echo $! > {}; wait", pidfile.display());
-    let mut ctl = seaportctl(
+    let dir = scratch("group");
+    let (mut ctl, pid) = register_sh(
         server.addr,
-        &["register", "web@1.0.0", "--", "sh", "-c", &script, "sh"],
+        &dir.join("server.pid"),
+        &["web@1.0.0"],
+        "sleep 600 & echo $! > \"$PIDFILE\"; wait",
     )
-    .spawn()
-    .unwrap();
-    let pid = pid_in(&pidfile).await;
+    .await;
     kill(Pid::from_raw(ctl.id().unwrap() as i32), Signal::SIGTERM).unwrap();
     tokio::time::timeout(PATIENCE, ctl.wait())
         .await
@@ -432,23 +428,44 @@ async fn pid_in(path: &Path) -> i32 {
         .unwrap()
 }
 
+/// A command that serves until stopped, its pid in `$PIDFILE`.
+const SERVE: &str = "echo $$ > \"$PIDFILE\"; exec sleep 600";
+
+/// A scratch folder for one test, named for it and this process.
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("seaportctl-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `seaportctl register ARGS... -- sh -c SCRIPT`, SCRIPT writing the pid
+/// to watch into `$PIDFILE` (`pidfile`): seaportctl, and that pid once
+/// written.
+async fn register_sh(
+    server: SocketAddr,
+    pidfile: &Path,
+    args: &[&str],
+    script: &str,
+) -> (Child, i32) {
+    let mut all = vec!["register"];
+    all.extend(args);
+    all.extend(["--", "sh", "-c", script, "sh"]);
+    let ctl = seaportctl(server, &all)
+        .env("PIDFILE", pidfile)
+        .spawn()
+        .unwrap();
+    (ctl, pid_in(pidfile).await)
+}
+
 /// A SIGKILLed seaportctl cannot stop its command, so the command gets a
 /// parent-death signal: it must not go on holding a port the registry
 /// frees with the session.
 #[tokio::test]
 async fn a_killed_seaportctl_takes_its_command_with_it() {
     let server = TestServer::start().await;
-    let dir = std::env::temp_dir().join(format!("seaportctl-orphan-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let pidfile = dir.join("command.pid");
-    let script = format!("echo $$ > {}; exec sleep 600", pidfile.display());
-    let mut ctl = seaportctl(
-        server.addr,
-        &["register", "web@1.0.0", "--", "sh", "-c", &script, "sh"],
-    )
-    .spawn()
-    .unwrap();
-    let pid = pid_in(&pidfile).await;
+    let dir = scratch("orphan");
+    let (mut ctl, pid) =
+        register_sh(server.addr, &dir.join("command.pid"), &["web@1.0.0"], SERVE).await;
     assert!(running(pid));
     ctl.start_kill().unwrap();
     ctl.wait().await.unwrap();
@@ -462,32 +479,13 @@ async fn a_killed_seaportctl_takes_its_command_with_it() {
 #[tokio::test]
 async fn a_stopping_instance_drains_and_is_not_picked_while_it_still_serves() {
     let server = TestServer::start().await;
-    let dir = std::env::temp_dir().join(format!("seaportctl-rolling-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("rolling");
     let mut instances = Vec::new();
     for n in 0..2 {
-        let pidfile = dir.join(format!("web-{n}.pid"));
-        let script = format!("echo $$ > {}; exec sleep 600", pidfile.display());
-        let ctl = seaportctl(
-            server.addr,
-            &[
-                "register",
-                "web@1.0.0",
-                "--id",
-                &format!("web-{n}"),
-                "--drain-wait",
-                "1500ms",
-                "--",
-                "sh",
-                "-c",
-                &script,
-                "sh",
-            ],
-        )
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-        instances.push((ctl, pid_in(&pidfile).await));
+        let id = format!("web-{n}");
+        let args = ["web@1.0.0", "--id", &id, "--drain-wait", "1500ms"];
+        let pidfile = dir.join(format!("{id}.pid"));
+        instances.push(register_sh(server.addr, &pidfile, &args, SERVE).await);
     }
     let reader = client(server.addr).await;
     let catalog = reader.catalog("web@1.x").await.unwrap();

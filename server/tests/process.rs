@@ -50,6 +50,20 @@ impl Process {
     }
 }
 
+/// seaportd's flags for mTLS with the server certificate `init_certs`
+/// made in `dir`, trusting the client CA in `client_ca`.
+fn tls_args(dir: &std::path::Path, client_ca: &std::path::Path) -> Vec<String> {
+    let file = |name: &str| dir.join(name).display().to_string();
+    vec![
+        "--tls-cert".into(),
+        file("server.pem"),
+        "--tls-key".into(),
+        file("server-key.pem"),
+        "--client-ca".into(),
+        client_ca.display().to_string(),
+    ]
+}
+
 /// Clock ticks per second, as /proc counts CPU time.
 fn clock_ticks() -> u64 {
     let out = std::process::Command::new("getconf")
@@ -94,15 +108,7 @@ async fn sighup_rotates_the_client_ca_without_dropping_sessions() {
     init_certs(next.path(), &["carol"]);
     let bundle = dir.path().join("clients-ca.pem");
     std::fs::copy(dir.path().join("ca.pem"), &bundle).unwrap();
-    let path = |p: std::path::PathBuf| p.display().to_string();
-    let args = [
-        "--tls-cert".to_string(),
-        path(dir.path().join("server.pem")),
-        "--tls-key".into(),
-        path(dir.path().join("server-key.pem")),
-        "--client-ca".into(),
-        path(bundle.clone()),
-    ];
+    let args = tls_args(dir.path(), &bundle);
     let seaportd = Seaportd::start(env!("CARGO_BIN_EXE_seaportd"), "", &args).await;
     let addr = seaportd.addr;
 
@@ -225,15 +231,7 @@ async fn logs_are_json_lines_when_asked_and_plain_text_in_a_pipe() {
 async fn a_refusal_is_logged_with_the_callers_identity() {
     let dir = TempDir::new("refusal-identity");
     init_certs(dir.path(), &["bob"]);
-    let path = |p: std::path::PathBuf| p.display().to_string();
-    let args = [
-        "--tls-cert".to_string(),
-        path(dir.path().join("server.pem")),
-        "--tls-key".into(),
-        path(dir.path().join("server-key.pem")),
-        "--client-ca".into(),
-        path(dir.path().join("ca.pem")),
-    ];
+    let args = tls_args(dir.path(), &dir.path().join("ca.pem"));
     let seaportd = Process(Seaportd::start(env!("CARGO_BIN_EXE_seaportd"), "", &args).await);
     let mut bob = tls_client(seaportd.0.addr, dir.path(), Some((dir.path(), "bob")))
         .await
