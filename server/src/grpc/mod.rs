@@ -208,10 +208,17 @@ fn get_deadline<T>(request: &Request<T>, timeout_ms: u64) -> Option<Duration> {
 }
 
 impl RegistryRpcs {
-    /// Counts an RPC's answer.
-    fn observe<T>(&self, method: Method, started: Instant, answer: &Result<T, Status>) {
+    /// Runs an RPC's `call`, counting its answer and the time it took.
+    async fn counted<T>(
+        &self,
+        method: Method,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let answer = call.await;
         let code = answer.as_ref().map_or_else(Status::code, |_| Code::Ok);
         self.metrics.rpc(method, code, started.elapsed());
+        answer
     }
 
     async fn heartbeat_call(
@@ -425,79 +432,58 @@ impl RegistryApi for RegistryRpcs {
         &self,
         request: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
-        let started = Instant::now();
-        let answer = self.heartbeat_call(request).await;
-        self.observe(Method::Heartbeat, started, &answer);
-        answer
+        self.counted(Method::Heartbeat, self.heartbeat_call(request))
+            .await
     }
 
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let started = Instant::now();
-        let answer = self.register_call(request).await;
-        self.observe(Method::Register, started, &answer);
-        answer
+        self.counted(Method::Register, self.register_call(request))
+            .await
     }
 
     async fn update(
         &self,
         request: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateResponse>, Status> {
-        let started = Instant::now();
-        let answer = self.update_call(request).await;
-        self.observe(Method::Update, started, &answer);
-        answer
+        self.counted(Method::Update, self.update_call(request))
+            .await
     }
 
     async fn free(
         &self,
         request: Request<pb::FreeRequest>,
     ) -> Result<Response<pb::FreeResponse>, Status> {
-        let started = Instant::now();
-        let answer = self.free_call(request).await;
-        self.observe(Method::Free, started, &answer);
-        answer
+        self.counted(Method::Free, self.free_call(request)).await
     }
 
     async fn drain(
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
-        let started = Instant::now();
-        let answer = self.drain_call(request).await;
-        self.observe(Method::Drain, started, &answer);
-        answer
+        self.counted(Method::Drain, self.drain_call(request)).await
     }
 
     async fn query(
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
-        let started = Instant::now();
-        let answer = self.query_call(request).await;
-        self.observe(Method::Query, started, &answer);
-        answer
+        self.counted(Method::Query, self.query_call(request)).await
     }
 
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let started = Instant::now();
-        let answer = self.get_call(request).await;
-        self.observe(Method::Get, started, &answer);
-        answer
+        self.counted(Method::Get, self.get_call(request)).await
     }
 
     async fn watch(
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let started = Instant::now();
-        let answer = self.watch_call(request).await;
-        self.observe(Method::Watch, started, &answer);
-        answer
+        self.counted(Method::Watch, self.watch_call(request)).await
     }
 }
